@@ -1,0 +1,69 @@
+"""`labelenh evaluate`: checkpoint + dataset -> Acc@1/5, NLL, ECE, MCE, Brier and a reliability diagram."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from labelenh.cli import common as c
+from labelenh.errors import LabelenhError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder or a checkpoint file.")],
+    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
+    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
+    split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help="Equal-width ECE bins.")] = 15,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
+    diagram: Annotated[Optional[Path], typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
+    device: c.Device = "auto",
+) -> None:
+    """Evaluate a trained model: accuracy and calibration on a dataset split."""
+    from labelenh.checkpoint import read_checkpoint, resolve_checkpoint_path
+    from labelenh.evaluate import evaluate_checkpoint, print_metrics
+    from labelenh.teach import DataSettings
+
+    c.check_val_split(val_split)
+    if ece_bins < 1:
+        raise LabelenhError(f"--ece-bins must be at least 1, got {ece_bins}")
+    path = resolve_checkpoint_path(checkpoint)
+    if dataset is None:
+        # A labelenh checkpoint remembers the data it was trained on.
+        cfg = read_checkpoint(path).get("config") or {}
+        d = cfg.get("data") or {}
+        dataset = d.get("dataset")
+        data_root = data_root or d.get("data_root")
+        val_split = val_split if val_split is not None else d.get("val_split")
+        split_seed = split_seed if split_seed is not None else d.get("split_seed")
+        if dataset is None:
+            raise LabelenhError(f"{path} does not say which dataset it was trained on: pass --dataset")
+    data = DataSettings(dataset=dataset, data_root=data_root, val_split=val_split or 0.0,
+                        split_seed=split_seed or 0, noise=noise, noisy_labels=noisy_labels,
+                        noise_seed=noise_seed or 0, image_size=image_size)
+    result, logits, labels = evaluate_checkpoint(path, data, split=split, model_name=model, ece_bins=ece_bins,
+                                                 device=device)
+    print_metrics({f"{path.parent.name}/{path.name} on {result['dataset']} {split}": result})
+    if json_out is not None:
+        text = json.dumps(result, indent=2, sort_keys=True)
+        if str(json_out) == "-":
+            print(text)
+        else:
+            json_out.write_text(text + "\n")
+    out = diagram or path.parent / f"reliability-{split}.png"
+    try:
+        from labelenh.plots import reliability_diagram
+
+        reliability_diagram(logits, labels, out, n_bins=ece_bins, title=f"{path.parent.name} ({split})")
+        print(f"reliability diagram: {out}")
+    except LabelenhError as e:
+        print(f"labelenh: note: {e}")

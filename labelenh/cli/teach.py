@@ -1,0 +1,92 @@
+"""`labelenh teach`: train a teacher (or an ensemble of seeds), or import one with --checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from labelenh.cli import common as c
+from labelenh.errors import LabelenhError
+from labelenh.utils import write_json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("teach")(teach)
+
+
+def teach(
+    model: Annotated[Optional[str], typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Train one teacher per seed, e.g. 0,1,2 (an ensemble).")] = None,
+    aug: Annotated[Optional[str], typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
+    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
+    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
+    nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
+    milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
+    patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
+    device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+) -> None:
+    """Train a teacher on a dataset and report accuracy and calibration."""
+    from labelenh.teach import DataSettings, TeachSettings, default_run_name, import_teacher, train_teacher
+    from labelenh.views import ViewSpec
+
+    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"})
+    flags = dict(
+        model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
+        split_seed=split_seed, noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed,
+        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
+        gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
+    )
+    v = c.resolve(flags, rec)
+    c.check_val_split(v.get("val_split"))
+    if v.get("patience") and not v.get("val_split"):
+        raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
+    data = DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v})
+    model_name = v.get("model", "resnet20")
+    if checkpoint is not None:
+        if seeds or resume:
+            raise LabelenhError("--checkpoint loads a trained teacher: it cannot be combined with --seeds or --resume")
+        summary = import_teacher(checkpoint, model_name, data, name=name, runs_dir=str(runs_dir),
+                                 device=device, ece_bins=v.get("ece_bins", 15))
+        _print_table(summary["name"], summary["last"]["test"])
+        return
+    train = c.train_config(v)
+    spec = ViewSpec.parse(v.get("aug", "crop-flip"))
+    base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
+                         weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
+                         device=device)
+    seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
+    members = []
+    for s in seed_list:
+        run_name = name if (name and len(seed_list) == 1) else None
+        if name and len(seed_list) > 1:
+            run_name = f"{name}-s{s}"
+        run_name = run_name or default_run_name("teach", model_name, data.dataset, s)
+        settings = replace(base, train=replace(train, seed=s), name=run_name)
+        summary = train_teacher(settings, resume=resume)
+        members.append(run_name)
+        _print_table(run_name, summary["last"]["test"])
+        print(f"run folder: {Path(runs_dir) / run_name}")
+    if len(seed_list) > 1:
+        index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
+        write_json(Path(runs_dir) / index / "ensemble.json",
+                   {"members": [str(Path(runs_dir) / m) for m in members], "seeds": seed_list,
+                    "model": model_name, "dataset": data.dataset})
+        print(f"ensemble index: {Path(runs_dir) / index / 'ensemble.json'}")
+
+
+def _print_table(title: str, m: dict | None) -> None:
+    from labelenh.evaluate import print_metrics
+
+    if m:
+        print_metrics({title: m})

@@ -1,0 +1,445 @@
+"""One training loop for teachers and students.
+
+The engine knows nothing of datasets, views or stores: a *task* hands it batches that already
+carry what the loss needs, and computes the loss. The engine owns the optimiser, the learning
+rate schedule, AMP/channels-last, evaluation, checkpoints, resume and early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from labelenh import distributed as dist
+from labelenh.checkpoint import read_checkpoint, save_checkpoint
+from labelenh.errors import LabelenhError
+from labelenh.metrics import classification_metrics
+from labelenh.utils import derive_seed, environment, write_json
+
+SCHEDULES = ("multistep", "cosine", "constant")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    patience: int = 0  # early stopping on validation NLL; 0 = off
+    seed: int = 0
+    amp: str = "auto"  # CUDA only: bf16 where supported, else fp16
+    channels_last: bool = True  # CUDA only
+    ece_bins: int = 15
+    eval_batch_size: int = 500
+    eval_every: int = 1
+
+    def validate(self) -> TrainConfig:
+        if self.epochs < 1:
+            raise LabelenhError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise LabelenhError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LabelenhError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise LabelenhError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise LabelenhError("--nesterov needs --momentum > 0")
+        if self.weight_decay < 0:
+            raise LabelenhError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise LabelenhError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0 < self.gamma <= 1:
+            raise LabelenhError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise LabelenhError(f"--milestones must be increasing positive epochs, got {self.milestones}")
+        if not 0 <= self.warmup_epochs < max(self.epochs, 1) + (1 if self.warmup_epochs == 0 else 0):
+            raise LabelenhError(
+                f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs"
+            )
+        if self.patience < 0:
+            raise LabelenhError(f"--patience must be >= 0, got {self.patience}")
+        if self.amp not in AMP_MODES:
+            raise LabelenhError(f"--amp {self.amp!r} is not one of {', '.join(AMP_MODES)}")
+        if self.ece_bins < 1:
+            raise LabelenhError(f"--ece-bins must be at least 1, got {self.ece_bins}")
+        if self.eval_every < 1:
+            raise LabelenhError(f"--eval-every must be at least 1, got {self.eval_every}")
+        return self
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global step (per-step linear warm-up, then the schedule by epoch/step)."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    epoch = step // steps_per_epoch
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * steps_per_epoch
+        t = (step - warm) / max(1, total - warm)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    return cfg.lr
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # [B, C, H, W] normalised input on the training device
+    labels: torch.Tensor  # [B] the samples' own hard labels (for train accuracy)
+    inputs: Any = None  # whatever the task's loss needs (targets, stored logits, ...)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Task(Protocol):
+    eval_splits: tuple[str, ...]  # e.g. ("val", "test"); "val" drives early stopping
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits [B, K], named loss terms whose sum is minimised)."""
+        ...
+
+    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def epoch_end(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    amp: str = "auto",
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels over an evaluation split, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    dtype = autocast_dtype(amp, device)
+    outs, labels = [], []
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        if channels_last and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            z = model(x)
+        outs.append(z.float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(labels)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training cleanly after the current epoch's checkpoint."""
+
+
+@dataclass
+class FitResult:
+    summary: dict[str, Any]
+    model: nn.Module
+
+
+class Engine:
+    """Trains `model` on `task` into `run_dir` (checkpoint.pt each epoch, best.pt, metrics.jsonl,
+    summary.json). Only rank 0 writes files."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        *,
+        device: torch.device,
+        run_config: dict[str, Any],
+        checkpoint_meta: dict[str, Any],
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg.validate()
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.run_config = run_config
+        self.meta = checkpoint_meta  # model_name, num_classes, in_chans, dataset info
+        self.on_epoch_end = on_epoch_end
+        self.progress = progress and sys.stderr.isatty() and dist.is_main()
+        self.amp_dtype = autocast_dtype(cfg.amp, device)
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.train_model = dist.wrap_ddp(model, device)
+        # Weight decay on every parameter (BN included), as in the seeds' recipes, for comparability.
+        self.optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0  # completed epochs
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_nll": math.inf, "epoch": None}
+        self.bad_epochs = 0
+
+    # ----------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "task": self.task.state_dict(),
+            "epoch": self.epoch,
+            "engine": {
+                "step": self.step,
+                "best": self.best,
+                "bad_epochs": self.bad_epochs,
+                "history": self.history,
+            },
+            "config": self.run_config,
+            "metrics": self.history[-1].get("test", {}) if self.history else {},
+            "env": environment(),
+        }
+
+    def resume(self) -> None:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.is_file():
+            raise LabelenhError(f"--resume: {path} does not exist; start without --resume")
+        ck = read_checkpoint(path)
+        old = ck.get("config", {})
+        diffs = [
+            k
+            for k in sorted(set(old) | set(self.run_config))
+            if k not in ("epochs", "resume", "progress") and old.get(k) != self.run_config.get(k)
+        ]
+        if diffs:
+            raise LabelenhError(
+                f"--resume: run {self.run_dir} was started with different settings ({', '.join(diffs[:4])}); "
+                "use the same flags or a new --name"
+            )
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.task.load_state_dict(ck.get("task") or {})
+        self.epoch = int(ck["epoch"])
+        eng = ck["engine"]
+        self.step = int(eng["step"])
+        self.best = dict(eng["best"])
+        self.bad_epochs = int(eng["bad_epochs"])
+        self.history = list(eng["history"])
+
+    # ----------------------------------------------------------------- loop
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        model, opt, cfg = self.train_model, self.optimizer, self.cfg
+        model.train()
+        # Dropout and any other in-model randomness draw from the global generator: reseed it per
+        # epoch from (seed, epoch) so a resumed run replays the uninterrupted one exactly.
+        torch.manual_seed(derive_seed(cfg.seed, "epoch-global", epoch))
+        batches = self.task.train_batches(epoch)
+        steps = self.steps_per_epoch
+        sums: dict[str, float] = {}
+        n_seen, n_correct = 0, 0
+        t0 = time.perf_counter()
+        bar = _Bar(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", steps)
+        for batch in batches:
+            lr = learning_rate(cfg, self.step, steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = batch.x
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+                batch.x = x
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits, terms = self.task.loss(model, batch)
+                loss = sum(terms.values())
+            if not torch.isfinite(loss.detach()):
+                raise LabelenhError(
+                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step {self.step + 1}: "
+                    "lower --lr, or use --amp bf16/off instead of fp16"
+                )
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+            self.step += 1
+            b = len(batch)
+            n_seen += b
+            n_correct += int((logits.detach().argmax(1) == batch.labels).sum())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * b
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
+            bar.advance(loss=float(loss.detach()))
+        bar.close()
+        self.task.epoch_end(epoch)
+        totals = dist.all_reduce_sum([n_seen, n_correct, *sums.values()])
+        n_seen, n_correct = int(totals[0]), int(totals[1])
+        out = {f"train_{k}": v / max(n_seen, 1) for k, v in zip(sums.keys(), totals[2:])}
+        out["train_acc"] = n_correct / max(n_seen, 1)
+        out["train_time_s"] = time.perf_counter() - t0
+        out["lr"] = learning_rate(cfg, max(self.step - 1, 0), steps)
+        return out
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        logits, labels = predict(
+            self.model,
+            self.task.eval_batches(split),
+            device=self.device,
+            amp=self.cfg.amp,
+            channels_last=self.channels_last,
+        )
+        return classification_metrics(logits, labels, n_bins=self.cfg.ece_bins), logits, labels
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(getattr(self.task, "steps_per_epoch", 1))
+
+    def fit(self, *, resume: bool = False) -> FitResult:
+        cfg = self.cfg
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif dist.is_main():
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if dist.is_main():
+            write_json(self.run_dir / "config.json", self.run_config)
+            write_json(self.run_dir / "env.json", environment())
+        stopped_early = False
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch
+            record: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                for split in self.task.eval_splits:
+                    m, _, _ = self.evaluate(split)
+                    record[split] = m
+            self.epoch = epoch + 1
+            improved = False
+            if "val" in record:
+                if record["val"]["nll"] < self.best["val_nll"]:
+                    self.best = {"val_nll": record["val"]["nll"], "epoch": epoch + 1}
+                    self.bad_epochs = 0
+                    improved = True
+                else:
+                    self.bad_epochs += 1
+            self.history.append(record)
+            if dist.is_main():
+                state = self._state()
+                save_checkpoint(self.run_dir / "checkpoint.pt", state)
+                if improved:
+                    save_checkpoint(self.run_dir / "best.pt", state)
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                _print_epoch(record)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, record)
+            if cfg.patience and "val" in record and self.bad_epochs >= cfg.patience:
+                stopped_early = True
+                break
+        summary = self.summarize(stopped_early=stopped_early)
+        if dist.is_main():
+            write_json(self.run_dir / "summary.json", summary)
+        return FitResult(summary=summary, model=self.model)
+
+    def summarize(self, *, stopped_early: bool) -> dict[str, Any]:
+        evaluated = [r for r in self.history if "test" in r]
+        last = evaluated[-1] if evaluated else {}
+        best_epoch = self.best.get("epoch")
+        if best_epoch is not None:
+            best = next(r for r in self.history if r["epoch"] == best_epoch)
+            selected_by = "val_nll"
+        elif evaluated:
+            # No validation split: the best epoch can only be chosen on test accuracy, which is
+            # optimistic (as in the seeds' tables); it is labelled as such.
+            best = max(evaluated, key=lambda r: r["test"]["acc1"])
+            selected_by = "test_acc1"
+        else:
+            best, selected_by = {}, None
+        return {
+            "name": self.run_dir.name,
+            "epochs_run": self.epoch,
+            "stopped_early": stopped_early,
+            "last": {"epoch": last.get("epoch"), "test": last.get("test"), "val": last.get("val")},
+            "best": {"epoch": best.get("epoch"), "selected_by": selected_by, "test": best.get("test"), "val": best.get("val")},
+            "train_time_s": sum(r.get("train_time_s", 0.0) for r in self.history),
+            "config": self.run_config,
+            "env": environment(),
+        }
+
+
+class _Bar:
+    """A rich progress bar on a terminal; silent otherwise (logs stay clean in files and CI)."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.p = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True,
+            )
+            self.p.start()
+            self.t = self.p.add_task(label, total=total, loss=float("nan"))
+
+    def advance(self, **fields: float) -> None:
+        if self.p is not None:
+            self.p.update(self.t, advance=1, **fields)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+def _print_epoch(r: dict[str, Any]) -> None:
+    parts = [f"epoch {r['epoch']:>3}", f"loss {r['train_loss']:.4f}", f"train acc {r['train_acc']:.4f}"]
+    for split in ("val", "test"):
+        if split in r:
+            m = r[split]
+            parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}")
+    parts.append(f"{r['train_time_s']:.1f}s")
+    print(" | ".join(parts), file=sys.stderr, flush=True)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

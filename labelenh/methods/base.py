@@ -1,0 +1,202 @@
+"""The target-method contract: inputs, the Method base class and the registry.
+
+A method is a pure loss over a dense target plus a thin class that validates its parameters
+and returns named loss terms; the engine sums the terms and logs each one. Methods register
+themselves with `@register("name")`; every module in this package is imported by
+`labelenh.methods`, so adding a method means adding one module here (and the contract test
+in tests/test_methods.py picks it up from `METHODS` automatically).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from torch import Tensor
+
+from labelenh.errors import LabelenhError
+
+TEACHER_KINDS = ("none", "store", "online")
+
+
+class Param(NamedTuple):
+    """One method parameter: its Python type, default and a one-line help (choices go in help)."""
+
+    type: type
+    default: Any
+    help: str
+
+
+@dataclass
+class MethodInputs:
+    """What a method sees of a batch besides the student's logits."""
+
+    # int64 [B]: the sample's own (possibly noisy) label
+    labels: Tensor
+    # float [B, C]: dense hard target (mixed one-hot under a mixing view); rows sum to 1
+    hard: Tensor
+    # float [B, M, C]: stored or online logits of this exact view, M teachers
+    teacher_logits: Tensor | None = None
+
+
+class Method:
+    """Base class. Subclasses set the class attributes, `params`, and implement target/loss.
+
+    `hparams` holds the resolved parameters (defaults filled in, types coerced) so runs can
+    record them; `describe()` gives the JSON-able form.
+    """
+
+    name: ClassVar[str] = ""
+    # "none" | "store" (read from a soft-label store) | "online" (teacher runs every step)
+    teacher: ClassVar[str] = "none"
+    allows_negative: ClassVar[bool] = False  # target rows still sum to 1 but may hold negative mass
+    params: ClassVar[dict[str, Param]] = {}
+    summary: ClassVar[str] = ""  # one line for CLI help
+
+    def __init__(self, num_classes: int, **params: Any) -> None:
+        if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+            raise LabelenhError(
+                f"method {self.name!r}: num_classes must be an integer >= 2, got {num_classes}"
+            )
+        self.num_classes = int(num_classes)
+        self.hparams: dict[str, Any] = resolve_params(self.name, self.params, params)
+        self.setup()
+
+    # --- to override -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Validate `self.hparams` (raise LabelenhError naming the param and its valid range)."""
+
+    def target(self, inp: MethodInputs) -> Tensor:  # [B, C]
+        raise NotImplementedError
+
+    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def observe(self, logits: Tensor, inp: MethodInputs) -> None:
+        """Stateful methods accumulate statistics here (engine calls it in train mode only)."""
+
+    def epoch_end(self) -> None:
+        """Called once after every training epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise LabelenhError(
+                f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}; "
+                "was it written by another method?"
+            )
+
+    # --- shared ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "teacher": self.teacher, "params": dict(self.hparams)}
+
+    def teacher_logits(self, inp: MethodInputs) -> Tensor:
+        """The batch's teacher logits as [B, M, C], or a clear error when they are missing."""
+        t = inp.teacher_logits
+        if t is None:
+            raise LabelenhError(
+                f"method {self.name!r} needs teacher logits "
+                f"({'a soft-label store' if self.teacher == 'store' else 'an online teacher'})"
+            )
+        if t.ndim == 2:
+            t = t.unsqueeze(1)
+        if t.ndim != 3 or t.shape[-1] != self.num_classes or t.shape[0] != inp.hard.shape[0]:
+            raise LabelenhError(
+                f"method {self.name!r}: teacher logits must be [B, M, {self.num_classes}] with "
+                f"B={inp.hard.shape[0]}, got {tuple(inp.teacher_logits.shape)}"
+            )
+        return t
+
+    def float_in(self, key: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+        """hparams[key] as a float checked against [lo, hi] (or (lo, hi] when lo_open)."""
+        v = float(self.hparams[key])
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}]"
+            raise LabelenhError(f"method {self.name!r}: {key} must be in {rng}, got {v}")
+        return v
+
+    def positive(self, key: str) -> float:
+        return self.float_in(key, 0.0, math.inf, lo_open=True)
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        v = self.hparams[key]
+        if v not in choices:
+            raise LabelenhError(
+                f"method {self.name!r}: {key} must be one of {', '.join(choices)}, got {v!r}"
+            )
+        return v
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:g}"
+
+
+def _coerce(method: str, key: str, spec: Param, value: Any) -> Any:
+    """Accept the declared type, or a string the CLI passed through (e.g. "0.1")."""
+    try:
+        if spec.type is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if spec.type is int:
+            if isinstance(value, bool):
+                raise TypeError
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if spec.type is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise LabelenhError(
+            f"method {method!r}: {key} must be a {spec.type.__name__}, got {value!r}"
+        ) from None
+    return value
+
+
+def resolve_params(method: str, specs: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in, unknown names refused, values coerced to the declared types."""
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        valid = ", ".join(specs) if specs else "none"
+        raise LabelenhError(
+            f"method {method!r} has no parameter {', '.join(map(repr, unknown))}; valid: {valid}"
+        )
+    out = {}
+    for key, spec in specs.items():
+        out[key] = _coerce(method, key, spec, given[key]) if key in given else spec.default
+    return out
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    """Class decorator: `@register("ls")` adds the method to METHODS under that name."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        if cls.teacher not in TEACHER_KINDS:
+            raise ValueError(f"method {name!r}: teacher must be one of {TEACHER_KINDS}")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_method(name: str, num_classes: int, **params: Any) -> Method:
+    """Instantiate a registered method; unknown names or params raise LabelenhError."""
+    cls = METHODS.get(name)
+    if cls is None:
+        raise LabelenhError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return cls(num_classes, **params)

@@ -1,0 +1,376 @@
+"""Reading a store in stage two: `SoftLabelStore.open(path)`.
+
+Two modes, identical results:
+- preloaded (default when the logits take at most 2 GiB, e.g. any CIFAR-scale store): every
+  array is read into memory once and batches are numpy gathers;
+- lazy: arrays are memory-mapped from the file (every dataset is contiguous and uncompressed,
+  see schema.py), opened on first use in each process and re-opened when the pid changes, so a
+  store opened before DataLoader workers fork is safe in each of them. Reads go through sorted
+  unique row indices, then are put back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from labelenh.errors import LabelenhError
+from labelenh.store.schema import (
+    FORMAT,
+    SCHEMA,
+    TEACHER_JSON_ATTRS,
+    LogitFormat,
+    TeacherRecord,
+    decode_attrs,
+    teacher_datasets,
+)
+from labelenh.store.topk import topk_dense
+
+DEFAULT_PRELOAD_BYTES = 2 << 30
+
+
+def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
+    """h5py.File, with every way of failing turned into one LabelenhError line."""
+    p = Path(path)
+    if not p.exists():
+        raise LabelenhError(f"store {p} does not exist: write it with `labelenh export-soft-labels --out {p}`")
+    if p.is_dir():
+        raise LabelenhError(f"store {p} is a folder, not a file: pass the .h5 file")
+    try:
+        return h5py.File(p, mode)
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg:
+            raise LabelenhError(
+                f"store {p} is truncated ({p.stat().st_size} bytes; an interrupted copy?): copy it again or re-export it"
+            ) from None
+        if "signature" in msg:
+            raise LabelenhError(f"{p} is not a labelenh soft-label store (not an HDF5 file): pass a file written by export-soft-labels") from None
+        if "lock" in msg:
+            raise LabelenhError(f"store {p} is open for writing by another process: wait for the export to finish") from None
+        raise LabelenhError(f"cannot read store {p} ({msg.splitlines()[0]}): re-export it") from None
+
+
+def read_root_attrs(f: h5py.File, path: str | Path) -> dict[str, Any]:
+    """Root attributes, checked to be a labelenh store of a schema this code reads."""
+    attrs = decode_attrs(f.attrs)
+    if attrs.get("format") != FORMAT:
+        raise LabelenhError(
+            f"{path} is not a labelenh soft-label store (HDF5 without format={FORMAT!r}): pass a file written by export-soft-labels"
+        )
+    if attrs.get("schema") != SCHEMA:
+        raise LabelenhError(
+            f"store {path} has schema {attrs.get('schema')!r} but this labelenh reads schema {SCHEMA}: re-export it with this version"
+        )
+    missing = [k for k in ("num_samples", "num_classes", "num_views", "teachers", "logit_format",
+                           "topk", "chunk_size", "num_chunks", "fingerprint", "dataset", "complete")
+               if k not in attrs]
+    if missing:
+        raise LabelenhError(f"store {path} lacks attributes {missing}: the file is damaged; re-export it")
+    return attrs
+
+
+def expected_datasets(attrs: dict[str, Any]) -> list[tuple[str, tuple[int, ...], np.dtype | None]]:
+    """(path, shape, dtype) the attributes promise; dtype None = checked elsewhere (recipes)."""
+    n, c, v = int(attrs["num_samples"]), int(attrs["num_classes"]), int(attrs["num_views"])
+    fmt = logit_format(attrs)
+    chunks = int(attrs["num_chunks"])
+    out: list[tuple[str, tuple[int, ...], np.dtype | None]] = [
+        ("labels", (n,), np.dtype("<i8")), ("progress", (chunks,), np.dtype("u1"))]
+    if v:
+        out.append(("views/recipes", (n, v), None))
+    for name in attrs["teachers"]:
+        out += teacher_datasets(name, n, c, v, fmt, chunks)
+    return out
+
+
+def logit_format(attrs: dict[str, Any]) -> LogitFormat:
+    kind = attrs["logit_format"]
+    return LogitFormat("topk", int(attrs["topk"])) if kind == "topk" else LogitFormat(kind)
+
+
+def check_structure(f: h5py.File, attrs: dict[str, Any], path: str | Path) -> None:
+    """Every promised dataset exists with its shape and dtype, and lies inside the file."""
+    size = os.path.getsize(f.filename)
+    for name, shape, dtype in expected_datasets(attrs):
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise LabelenhError(f"store {path} lacks dataset /{name}: the file is damaged; re-export it")
+        if tuple(ds.shape) != tuple(shape) or (dtype is not None and ds.dtype != dtype):
+            raise LabelenhError(
+                f"store {path}: /{name} is {ds.dtype}{list(ds.shape)}, expected {dtype}{list(shape)}: the file is damaged; re-export it"
+            )
+        off = ds.id.get_offset()
+        if off is not None and off + ds.id.get_storage_size() > size:
+            raise LabelenhError(f"store {path} is truncated (/{name} ends past the end of the file): copy it again or re-export it")
+    if int(attrs["num_views"]):
+        from labelenh.views import ViewSpec, recipe_dtype
+
+        want = recipe_dtype(ViewSpec.from_dict(attrs["view_spec"]))
+        if f["views/recipes"].dtype != want:
+            raise LabelenhError(f"store {path}: /views/recipes has dtype {f['views/recipes'].dtype}, expected {want}: re-export it")
+
+
+class SoftLabelStore:
+    """A complete store, ready for stage two (see the module doc for preloaded vs lazy)."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any], teacher_attrs: dict[str, dict[str, Any]],
+                 layout: dict[str, tuple[int | None, tuple[int, ...], np.dtype]],
+                 arrays: dict[str, np.ndarray] | None) -> None:
+        self.path = path
+        self.attrs = attrs
+        self.num_samples = int(attrs["num_samples"])
+        self.num_classes = int(attrs["num_classes"])
+        self.num_views = int(attrs["num_views"])
+        self.teachers: list[str] = list(attrs["teachers"])
+        self.fingerprint: str = attrs["fingerprint"]
+        self.dataset: str = attrs["dataset"]
+        self.format = logit_format(attrs)
+        self.image_size: tuple[int, int] = tuple(attrs["image_size"])  # type: ignore[assignment]
+        self.view_seed: int | None = int(attrs["view_seed"]) if self.num_views else None
+        self.view_spec = None
+        if self.num_views:
+            from labelenh.views import ViewSpec
+
+            self.view_spec = ViewSpec.from_dict(attrs["view_spec"])
+        self._teacher_attrs = teacher_attrs
+        self._layout = layout
+        self._preloaded = arrays is not None
+        self._arrays: dict[str, Any] = arrays or {}
+        self._pid = os.getpid()
+        self._h5: h5py.File | None = None
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, preload: bool | None = None,
+             max_preload_bytes: int = DEFAULT_PRELOAD_BYTES) -> SoftLabelStore:
+        """Open a complete store. preload None = preload when the arrays fit `max_preload_bytes`.
+
+        Refuses (LabelenhError) files that are missing, not HDF5, not a store, truncated,
+        damaged or incomplete."""
+        path = Path(path)
+        with open_h5(path) as f:
+            attrs = read_root_attrs(f, path)
+            check_structure(f, attrs, path)
+            done = f["progress"][()]
+            if not bool(attrs["complete"]) or not done.all():
+                raise LabelenhError(
+                    f"store {path} is incomplete ({int(done.sum())} of {done.size} chunks written): "
+                    "rerun the same export-soft-labels command to finish it"
+                )
+            teacher_attrs = {t: decode_attrs(f[f"teachers/{t}"].attrs, TEACHER_JSON_ATTRS)
+                             for t in attrs["teachers"]}
+            layout = {}
+            total = 0
+            for name, _, _ in expected_datasets(attrs):
+                ds = f[name]
+                layout[name] = (ds.id.get_offset(), tuple(ds.shape), ds.dtype)
+                total += ds.id.get_storage_size()
+            if preload is None:
+                preload = total <= max_preload_bytes
+            arrays = {name: f[name][()] for name in layout} if preload else None
+        return cls(path, attrs, teacher_attrs, layout, arrays)
+
+    def __enter__(self) -> SoftLabelStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._preloaded:
+            self._arrays = {}
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            except Exception:  # noqa: BLE001 - a handle inherited across fork may be unusable
+                pass
+            self._h5 = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to spawned workers: preloaded arrays travel, file handles never do.
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        if not self._preloaded:
+            state["_arrays"] = {}
+        return state
+
+    @property
+    def preloaded(self) -> bool:
+        return self._preloaded
+
+    def __repr__(self) -> str:
+        mode = "preloaded" if self._preloaded else "lazy"
+        return (f"SoftLabelStore({self.path.name}: {self.dataset}, N={self.num_samples}, "
+                f"C={self.num_classes}, V={self.num_views}, teachers={self.teachers}, "
+                f"{self.format}, {mode})")
+
+    # ---- checks ----------------------------------------------------------------------------
+
+    def check_dataset(self, name: str, fingerprint: str, num_samples: int, num_classes: int) -> None:
+        """Refuse a dataset that is not the one the store was made from."""
+        if (fingerprint == self.fingerprint and int(num_samples) == self.num_samples
+                and int(num_classes) == self.num_classes):
+            return
+        raise LabelenhError(
+            f"store {self.path.name} was made for {self.dataset} (fingerprint {self.fingerprint[:8]}…, "
+            f"N={self.num_samples}, C={self.num_classes}) but the dataset is {name} (fingerprint "
+            f"{str(fingerprint)[:8]}…, N={num_samples}, C={num_classes}): re-export or pass the "
+            "matching --dataset/--val-split/--noise"
+        )
+
+    def teacher_info(self, name: str) -> dict[str, Any]:
+        if name not in self._teacher_attrs:
+            raise LabelenhError(f"store {self.path.name} has no teacher {name!r}; it has {', '.join(self.teachers)}")
+        return dict(self._teacher_attrs[name])
+
+    def teacher_records(self) -> list[TeacherRecord]:
+        return [TeacherRecord(name=t, model=a.get("model", ""), sha256=a.get("sha256", ""),
+                              source=a.get("source", ""), metrics=a.get("metrics") or {})
+                for t, a in self._teacher_attrs.items()]
+
+    # ---- gathering -------------------------------------------------------------------------
+
+    def clean_logits(self, samples: torch.Tensor, teachers: list[str] | list[int] | None = None) -> torch.Tensor:
+        """float32 [B, M, C]: the teachers' logits of the clean samples."""
+        s = self._samples(samples)
+        return self._gather("clean", s, self._teacher_names(teachers))
+
+    def view_logits(self, samples: torch.Tensor, views: torch.Tensor | int,
+                    teachers: list[str] | list[int] | None = None) -> torch.Tensor:
+        """float32 [B, M, C]: the teachers' logits of view views[b] of sample samples[b]."""
+        if not self.num_views:
+            raise LabelenhError(f"store {self.path.name} holds no views (exported without --aug/--views): train without --aug or re-export with views")
+        s = self._samples(samples)
+        v = self._views(views, len(s))
+        return self._gather("views", s * self.num_views + v, self._teacher_names(teachers))
+
+    def logits(self, samples: torch.Tensor, views: torch.Tensor | int | None = None,
+               teachers: list[str] | list[int] | None = None) -> torch.Tensor:
+        """float32 [B, M, C]: view logits, with view id -1 (or views=None) meaning the clean sample."""
+        s = self._samples(samples)
+        if views is None:
+            return self.clean_logits(s, teachers)
+        v = np.broadcast_to(np.asarray(torch.as_tensor(views).cpu(), dtype=np.int64).reshape(-1), s.shape).copy()
+        if (v < -1).any() or (v >= self.num_views).any():
+            raise LabelenhError(f"view ids must lie in [-1, {self.num_views}), got {int(v.min())}..{int(v.max())}")
+        names = self._teacher_names(teachers)
+        clean = v < 0
+        out = torch.empty(len(s), len(names), self.num_classes)
+        if clean.any():
+            out[torch.from_numpy(clean)] = self._gather("clean", s[clean], names)
+        if (~clean).any():
+            out[torch.from_numpy(~clean)] = self._gather("views", s[~clean] * self.num_views + v[~clean], names)
+        return out
+
+    def recipes(self, samples: torch.Tensor, views: torch.Tensor | int):
+        """`Recipes` of view views[b] of sample samples[b] (replay them with apply_views)."""
+        from labelenh.views import Recipes
+
+        if not self.num_views:
+            raise LabelenhError(f"store {self.path.name} holds no views, hence no recipes")
+        s = self._samples(samples)
+        v = self._views(views, len(s))
+        rec = self._take("views/recipes", s * self.num_views + v)
+        return Recipes.from_struct(rec, self.view_spec, self.image_size, samples=s, views=v,
+                                   num_samples=self.num_samples)
+
+    def labels(self, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """int64 [B] stored hard labels (all N when samples is None)."""
+        if samples is None:
+            return torch.from_numpy(np.array(self._array("labels")))
+        return torch.from_numpy(np.ascontiguousarray(self._take("labels", self._samples(samples))))
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _samples(self, samples) -> np.ndarray:
+        s = np.asarray(torch.as_tensor(samples).cpu()).reshape(-1)
+        if s.dtype.kind not in "iu":
+            raise LabelenhError(f"sample indices must be integers, got {s.dtype}")
+        s = s.astype(np.int64)
+        if s.size and (s.min() < 0 or s.max() >= self.num_samples):
+            raise LabelenhError(f"sample index out of range [0, {self.num_samples}): got {int(s.min())}..{int(s.max())}")
+        return s
+
+    def _views(self, views, b: int) -> np.ndarray:
+        v = np.asarray(torch.as_tensor(views).cpu()).reshape(-1)
+        if v.dtype.kind not in "iu":
+            raise LabelenhError(f"view ids must be integers, got {v.dtype}")
+        v = np.broadcast_to(v.astype(np.int64), (b,)) if v.size == 1 else v.astype(np.int64)
+        if v.shape != (b,):
+            raise LabelenhError(f"{b} samples but {v.size} view ids")
+        if v.size and (v.min() < 0 or v.max() >= self.num_views):
+            raise LabelenhError(f"view id out of range [0, {self.num_views}): got {int(v.min())}..{int(v.max())}")
+        return v
+
+    def _teacher_names(self, teachers) -> list[str]:
+        if teachers is None:
+            return self.teachers
+        out = []
+        for t in teachers:
+            if isinstance(t, (int, np.integer)):
+                if not 0 <= int(t) < len(self.teachers):
+                    raise LabelenhError(f"teacher index {t} out of range: the store has {len(self.teachers)}")
+                out.append(self.teachers[int(t)])
+            elif t in self.teachers:
+                out.append(t)
+            else:
+                raise LabelenhError(f"store {self.path.name} has no teacher {t!r}; it has {', '.join(self.teachers)}")
+        if not out:
+            raise LabelenhError("pick at least one teacher")
+        return out
+
+    def _gather(self, part: str, rows: np.ndarray, names: list[str]) -> torch.Tensor:
+        c = self.num_classes
+        out = torch.empty(len(rows), len(names), c, dtype=torch.float32)  # [B, M, C]
+        for m, name in enumerate(names):
+            g = f"teachers/{name}/{part}"
+            if self.format.is_topk:
+                idx = torch.from_numpy(self._take(f"{g}/indices", rows).astype(np.int64))
+                val = torch.from_numpy(self._take(f"{g}/values", rows))
+                lse = torch.from_numpy(self._take(f"{g}/lse", rows))
+                out[:, m] = topk_dense(idx, val, lse, c)
+            else:
+                out[:, m] = torch.from_numpy(self._take(g, rows))
+        return out
+
+    def _array(self, name: str):
+        if self._preloaded:
+            return self._arrays[name]
+        if self._pid != os.getpid():  # a forked worker: never reuse the parent's maps or handle
+            self._arrays, self._h5, self._pid = {}, None, os.getpid()
+        arr = self._arrays.get(name)
+        if arr is None:
+            off, shape, dtype = self._layout[name]
+            if off is not None:
+                arr = np.memmap(self.path, dtype=dtype, mode="r", offset=off, shape=shape)
+            else:  # not contiguous (not written by this code): read through h5py
+                if self._h5 is None:
+                    self._h5 = open_h5(self.path)
+                arr = self._h5[name]
+            self._arrays[name] = arr
+        return arr
+
+    def _take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of a dataset by flat leading index (sample, or sample * V + view)."""
+        arr = self._array(name)
+        parts = name.split("/")
+        lead = 2 if parts[0] == "views" or (parts[0] == "teachers" and parts[2] == "views") else 1
+        if isinstance(arr, np.ndarray):
+            flat = arr.reshape(-1, *arr.shape[lead:]) if lead == 2 else arr
+            if self._preloaded:
+                return flat[rows]
+            uniq, inv = np.unique(rows, return_inverse=True)  # page-ordered reads
+            return flat[uniq][inv]
+        # h5py fallback: whole samples in increasing order, then pick views
+        v = self.num_views
+        smp = rows // v if lead == 2 else rows
+        uniq, inv = np.unique(smp, return_inverse=True)
+        block = arr[uniq]
+        return block[inv, rows % v] if lead == 2 else block[inv]

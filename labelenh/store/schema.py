@@ -1,0 +1,327 @@
+"""The soft-label store, schema v1: one HDF5 file per (dataset split, set of teachers).
+
+Every dataset is written contiguous and allocated when the file is created, so the file has its
+final size from the start, an export only ever overwrites raw bytes in place (no HDF5 metadata
+changes until the final `complete` flag), and a reader can map any array straight from the file.
+Attributes hold plain values or JSON text; they are parsed, never evaluated.
+
+Root attributes
+
+| attribute        | type        | meaning                                                          |
+|------------------|-------------|------------------------------------------------------------------|
+| format           | str         | "labelenh.softlabels"                                            |
+| schema           | int         | 1                                                                |
+| dataset          | str         | dataset name, e.g. "cifar10", "npz:/data/x.npz"                  |
+| fingerprint      | str         | ImageSource.fingerprint() of the train split (labels + samples)  |
+| dataset_meta     | JSON        | the dataset's meta (val split/seed, noise spec, sizes, ...)      |
+| num_samples      | int         | N, rows of the train split                                       |
+| num_classes      | int         | C                                                                |
+| num_views        | int         | V, augmented views per sample (0: clean logits only)             |
+| view_spec        | JSON        | ViewSpec.to_dict() of the views, "null" when V = 0               |
+| view_seed        | int         | seed the recipes were drawn from                                 |
+| image_size       | JSON        | [H, W] the recipes were drawn for                                |
+| logit_format     | str         | "fp16" \\| "fp32" \\| "topk"                                     |
+| topk             | int         | K of the top-k format (0 for dense)                              |
+| chunk_size       | int         | samples per chunk = images per teacher forward                   |
+| num_chunks       | int         | ceil(N / chunk_size)                                             |
+| teachers         | JSON        | teacher names, in storage order                                  |
+| normalization    | JSON        | {"mean": [...], "std": [...]} applied to the teachers' inputs    |
+| compute          | JSON        | {"device": "cpu"\\|"cuda", "amp": "off"\\|"fp16"\\|"bf16"}         |
+| identity         | JSON        | everything above that decides the stored bytes; a resume must match |
+| labelenh_version | str         | package version                                                  |
+| git_commit       | str         | `git rev-parse HEAD` of the package checkout, or "unknown"       |
+| created          | str         | ISO-8601 UTC time the file was started                           |
+| complete         | bool        | False until every chunk is written and checked                   |
+
+Datasets (N samples, C classes, V views, K top-k, T teachers)
+
+| path                             | shape      | dtype            | meaning                         |
+|----------------------------------|------------|------------------|---------------------------------|
+| /labels                          | (N,)       | int64            | hard labels the teachers saw (noisy labels included) |
+| /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data, then flushed) |
+| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)`    |
+| /teachers/<name>/clean           | (N, C)     | float16/float32  | logits of the clean (un-augmented) sample            |
+| /teachers/<name>/views           | (N, V, C)  | float16/float32  | logits of view v of sample i                         |
+| /teachers/<name>/clean/indices   | (N, K)     | uint16/uint32    | top-k: class ids, largest logit first                |
+| /teachers/<name>/clean/values    | (N, K)     | float16          | top-k: log-probabilities, logit - lse                |
+| /teachers/<name>/clean/lse       | (N,)       | float32          | top-k: logsumexp of the row's logits                 |
+| /teachers/<name>/views/indices   | (N, V, K)  | uint16/uint32    | as for clean, per view                               |
+| /teachers/<name>/views/values    | (N, V, K)  | float16          |                                                      |
+| /teachers/<name>/views/lse       | (N, V)     | float32          |                                                      |
+| /teachers/<name>/topk_kl         | (chunks, 2)| float64          | top-k: per-chunk sums of KL(dense ‖ reconstructed), clean and views |
+
+The views datasets exist only when V > 0; the top-k layout replaces the dense one when
+logit_format = "topk" (uint16 indices when C <= 65536).
+
+Teacher group attributes (/teachers/<name>)
+
+| attribute      | type  | meaning                                                         |
+|----------------|-------|-----------------------------------------------------------------|
+| model          | str   | model name (registry name)                                      |
+| sha256         | str   | sha256 of the checkpoint file (of the weights for in-memory models) |
+| source         | str   | checkpoint path it was loaded from                              |
+| acc1, nll, ece | float | the teacher's test metrics (NaN when unknown)                   |
+| metrics        | JSON  | all recorded test metrics                                       |
+| topk_kl_clean  | float | top-k only: mean KL(dense ‖ reconstructed) over all clean rows, nats |
+| topk_kl_views  | float | top-k only: the same over all view rows                         |
+
+Top-k reconstruction (the reader's dense logits): the K stored logits are values + lse; the
+remaining probability mass r = 1 - sum(exp(values)) is spread evenly over the other C - K
+classes, whose logit is log(r / (C - K)) + lse, capped at the smallest stored logit (a class
+outside the top K cannot be more likely than one inside) and floored at lse - 46 (p = 1e-20)
+when fp16 rounding leaves no mass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labelenh.errors import LabelenhError
+
+FORMAT = "labelenh.softlabels"
+SCHEMA = 1
+DENSE_FORMATS = ("fp16", "fp32")
+DEFAULT_CHUNK_SIZE = 256
+MIN_REST = 1e-20  # floor of the tail probability per class in top-k reconstruction
+
+# Root attributes that are JSON text.
+JSON_ATTRS = ("dataset_meta", "view_spec", "image_size", "teachers", "normalization", "compute",
+              "identity")
+TEACHER_JSON_ATTRS = ("metrics",)
+
+
+@dataclass(frozen=True)
+class LogitFormat:
+    """How logits are stored: dense fp16/fp32 or top-k (fp16 log-probabilities + fp32 lse)."""
+
+    kind: str  # "fp16" | "fp32" | "topk"
+    k: int = 0
+
+    @classmethod
+    def parse(cls, text: str, num_classes: int | None = None) -> LogitFormat:
+        t = str(text).strip().lower()
+        if t in DENSE_FORMATS:
+            return cls(t)
+        if t.startswith("topk:") or t.startswith("top-k:") or t.startswith("top"):
+            digits = t.split(":", 1)[1] if ":" in t else t[3:]
+            try:
+                k = int(digits)
+            except ValueError:
+                k = 0
+            if k < 1:
+                raise LabelenhError(f"--format {text!r}: top-k needs a positive K, e.g. topk:5")
+            if num_classes is not None and k > num_classes:
+                raise LabelenhError(
+                    f"--format {text!r}: K={k} exceeds the {num_classes} classes; use K <= {num_classes} or fp16"
+                )
+            return cls("topk", k)
+        raise LabelenhError(f"--format {text!r} is not one of fp16, fp32, topk:K")
+
+    @property
+    def is_topk(self) -> bool:
+        return self.kind == "topk"
+
+    def __str__(self) -> str:
+        return f"topk:{self.k}" if self.is_topk else self.kind
+
+    def dense_dtype(self) -> np.dtype:
+        return np.dtype("<f2") if self.kind == "fp16" else np.dtype("<f4")
+
+
+def index_dtype(num_classes: int) -> np.dtype:
+    return np.dtype("<u2") if num_classes <= 2**16 else np.dtype("<u4")
+
+
+@dataclass
+class TeacherRecord:
+    """What the store records about one teacher (its group's attributes)."""
+
+    name: str
+    model: str = "unknown"
+    sha256: str = "unknown"
+    source: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        m = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float, str, bool))}
+        return {
+            "model": self.model,
+            "sha256": self.sha256,
+            "source": self.source,
+            "acc1": _as_float(m.get("acc1")),
+            "nll": _as_float(m.get("nll")),
+            "ece": _as_float(m.get("ece")),
+            "metrics": json.dumps(m, sort_keys=True),
+        }
+
+
+@dataclass
+class StorePlan:
+    """Everything that decides a store's layout and bytes (except the teachers' weights)."""
+
+    dataset: str
+    fingerprint: str
+    num_samples: int
+    num_classes: int
+    num_views: int
+    view_spec: dict[str, Any] | None
+    view_seed: int
+    image_size: tuple[int, int]
+    fmt: LogitFormat
+    chunk_size: int
+    teachers: list[TeacherRecord]
+    normalization: dict[str, list[float]]
+    compute: dict[str, str]
+    recipe_dtype: np.dtype | None = None  # needed when num_views > 0
+    dataset_meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_size)
+
+    def chunk_bounds(self, c: int) -> tuple[int, int]:
+        s0 = c * self.chunk_size
+        return s0, min(self.num_samples, s0 + self.chunk_size)
+
+    def identity(self) -> dict[str, Any]:
+        """The arguments a resumed export must repeat exactly (JSON-able, canonical)."""
+        return {
+            "schema": SCHEMA,
+            "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "num_views": self.num_views,
+            "view_spec": self.view_spec,
+            "view_seed": self.view_seed if self.num_views else None,
+            "image_size": list(self.image_size),
+            "format": str(self.fmt),
+            "chunk_size": self.chunk_size,
+            "teachers": [{"name": t.name, "sha256": t.sha256} for t in self.teachers],
+            "normalization": self.normalization,
+            "compute": self.compute,
+        }
+
+    def root_attrs(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema": SCHEMA,
+            "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
+            "dataset_meta": json.dumps(self.dataset_meta, sort_keys=True, default=str),
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "num_views": self.num_views,
+            "view_spec": json.dumps(self.view_spec, sort_keys=True),
+            "view_seed": self.view_seed,
+            "image_size": json.dumps(list(self.image_size)),
+            "logit_format": self.fmt.kind,
+            "topk": self.fmt.k,
+            "chunk_size": self.chunk_size,
+            "num_chunks": self.num_chunks,
+            "teachers": json.dumps([t.name for t in self.teachers]),
+            "normalization": json.dumps(self.normalization, sort_keys=True),
+            "compute": json.dumps(self.compute, sort_keys=True),
+            "identity": json.dumps(self.identity(), sort_keys=True),
+        }
+
+    def datasets(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+        """(path, shape, dtype) of every dataset, in creation order."""
+        n, c, v, k = self.num_samples, self.num_classes, self.num_views, self.fmt.k
+        out: list[tuple[str, tuple[int, ...], np.dtype]] = [
+            ("labels", (n,), np.dtype("<i8")),
+            ("progress", (self.num_chunks,), np.dtype("u1")),
+        ]
+        if v:
+            if self.recipe_dtype is None:
+                raise LabelenhError("internal: a store with views needs the recipe dtype")
+            out.append(("views/recipes", (n, v), self.recipe_dtype))
+        for t in self.teachers:
+            out += teacher_datasets(t.name, n, c, v, self.fmt, self.num_chunks)
+        return out
+
+    def data_bytes(self) -> int:
+        return sum(int(np.prod(s)) * d.itemsize for _, s, d in self.datasets())
+
+
+def teacher_datasets(
+    name: str, n: int, c: int, v: int, fmt: LogitFormat, num_chunks: int
+) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    g = f"teachers/{name}"
+    parts: list[tuple[str, tuple[int, ...]]] = [("clean", (n,))] + ([("views", (n, v))] if v else [])
+    out = []
+    for part, lead in parts:
+        if fmt.is_topk:
+            out += [
+                (f"{g}/{part}/indices", (*lead, fmt.k), index_dtype(c)),
+                (f"{g}/{part}/values", (*lead, fmt.k), np.dtype("<f2")),
+                (f"{g}/{part}/lse", lead, np.dtype("<f4")),
+            ]
+        else:
+            out.append((f"{g}/{part}", (*lead, c), fmt.dense_dtype()))
+    if fmt.is_topk:
+        out.append((f"{g}/topk_kl", (num_chunks, 2), np.dtype("<f8")))
+    return out
+
+
+def bytes_per_view(fmt: LogitFormat, num_classes: int, recipe_itemsize: int) -> dict[str, int]:
+    """Bytes one stored (sample, view) row costs: per teacher, and the recipe shared by all."""
+    if fmt.is_topk:
+        per_teacher = fmt.k * (index_dtype(num_classes).itemsize + 2) + 4
+    else:
+        per_teacher = num_classes * fmt.dense_dtype().itemsize
+    return {"per_teacher": per_teacher, "recipe": int(recipe_itemsize)}
+
+
+def sanitize_name(name: str) -> str:
+    """A teacher name usable as an HDF5 group name (no '/', not '.' or empty)."""
+    s = "".join(ch if (ch.isalnum() or ch in "-_.+=@") else "_" for ch in str(name)).strip("._")
+    return s or "teacher"
+
+
+def dedupe_names(names: list[str]) -> list[str]:
+    """Sanitised, unique names: repeats get -2, -3, ... in order."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in names:
+        base = sanitize_name(raw)
+        name, i = base, 1
+        while name in seen:
+            i += 1
+            name = f"{base}-{i}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def decode_attrs(attrs: Any, json_keys: tuple[str, ...] = JSON_ATTRS) -> dict[str, Any]:
+    """HDF5 attributes as plain Python values; JSON attributes parsed (never evaluated)."""
+    out: dict[str, Any] = {}
+    for key in attrs.keys():
+        val = attrs[key]
+        if isinstance(val, bytes):
+            val = val.decode("utf-8", "replace")
+        elif isinstance(val, np.generic):
+            val = val.item()
+        elif isinstance(val, np.ndarray):
+            val = val.tolist()
+        if key in json_keys and isinstance(val, str):
+            try:
+                val = json.loads(val)
+            except json.JSONDecodeError:
+                raise LabelenhError(f"store attribute {key!r} is not valid JSON: the file is damaged; re-export it") from None
+        out[key] = val
+    return out
+
+
+def _as_float(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f

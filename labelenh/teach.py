@@ -1,0 +1,191 @@
+"""Stage one, part one: train a teacher (or load one) and evaluate it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from labelenh import distributed as dist
+from labelenh.checkpoint import (
+    is_labelenh_checkpoint,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+    state_dict_of,
+)
+from labelenh.data import DatasetBundle, load_dataset
+from labelenh.engine import Batch, Engine, TrainConfig, predict
+from labelenh.errors import LabelenhError
+from labelenh.losses import soft_cross_entropy
+from labelenh.metrics import classification_metrics
+from labelenh.models import build_model
+from labelenh.pipeline import ImagePipeline
+from labelenh.utils import derive_seed, environment, resolve_device, write_json
+from labelenh.views import ViewSpec
+
+
+@dataclass
+class DataSettings:
+    dataset: str = "cifar10-mini"
+    data_root: str | None = None
+    val_split: float = 0.0
+    split_seed: int = 0
+    noise: str | None = None
+    noisy_labels: str | None = None
+    noise_seed: int = 0
+    image_size: int | None = None
+
+    def load(self) -> DatasetBundle:
+        return load_dataset(
+            self.dataset,
+            self.data_root,
+            val_split=self.val_split,
+            split_seed=self.split_seed,
+            noise=self.noise,
+            noisy_labels=self.noisy_labels,
+            noise_seed=self.noise_seed,
+            image_size=self.image_size,
+        )
+
+
+@dataclass
+class TeachSettings:
+    model: str = "resnet20"
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aug: dict[str, Any] = field(default_factory=lambda: ViewSpec(op="crop-flip").to_dict())
+    weights: str | None = None  # initialise from a local file (e.g. ImageNet weights for timm models)
+    name: str | None = None
+    runs_dir: str = "runs"
+    device: str = "auto"
+
+    def run_config(self) -> dict[str, Any]:
+        return {"stage": "teach", "model": self.model, "data": asdict(self.data),
+                "train": asdict(self.train), "aug": self.aug, "weights": self.weights}
+
+
+def default_run_name(prefix: str, model: str, dataset: str, seed: int) -> str:
+    ds = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset.split(":", 1)[-1]).stem if ":" in dataset else dataset)
+    return f"{prefix}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}-{ds}-s{seed}"
+
+
+def dataset_record(bundle: DatasetBundle) -> dict[str, Any]:
+    """What a checkpoint and a store remember of the data they were made from."""
+    return {
+        "name": bundle.name,
+        "num_classes": bundle.num_classes,
+        "num_train": len(bundle.train),
+        "train_fingerprint": bundle.train.fingerprint(),
+        "meta": bundle.meta,
+    }
+
+
+class TeacherTask:
+    """Plain supervised training on (optionally mixed) views; the target is the dense hard-label
+    weights the view recipe produced, so one soft cross-entropy serves every augmentation."""
+
+    def __init__(self, pipe: ImagePipeline, spec: ViewSpec, seed: int, epochs: int) -> None:
+        self.pipe, self.spec, self.epochs = pipe, spec, epochs
+        self.view_seed = derive_seed(seed, "teacher-views")
+        self.eval_splits = pipe.eval_splits()
+        self.steps_per_epoch = pipe.steps_per_epoch()
+
+    def train_batches(self, epoch: int):
+        labels = self.pipe.train.labels
+        for idx in self.pipe.epoch_batches(epoch):
+            # The epoch number is the view id: each epoch sees a fresh, replayable view per sample.
+            rec = self.pipe.views_for(idx, self.spec, self.view_seed, view=epoch, num_views=self.epochs)
+            x, w = self.pipe.apply(rec)
+            yield Batch(x=x, labels=labels[idx.to(labels.device)].to(x.device), inputs=w)
+
+    def loss(self, model: nn.Module, batch: Batch):
+        logits = model(batch.x)
+        return logits, {"ce": soft_cross_entropy(logits, batch.inputs)}
+
+    def eval_batches(self, split: str):
+        return self.pipe.eval_batches(split)
+
+    def epoch_end(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
+    """Train one teacher into `runs_dir/name`; returns the run summary."""
+    device = dist.init_from_env(resolve_device(s.device))
+    s.train.validate()
+    spec = ViewSpec.from_dict(s.aug)
+    bundle = s.data.load()
+    name = s.name or default_run_name("teach", s.model, s.data.dataset, s.train.seed)
+    run_dir = Path(s.runs_dir) / name
+    if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
+        raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
+    torch.manual_seed(derive_seed(s.train.seed, "init"))
+    in_chans = bundle.train.image_shape[0]
+    model = build_model(s.model, bundle.num_classes, in_chans=in_chans, weights=s.weights)
+    pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
+                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
+    task = TeacherTask(pipe, spec, s.train.seed, s.train.epochs)
+    meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
+            "dataset": dataset_record(bundle)}
+    engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+    result = engine.fit(resume=resume)
+    if dist.is_main():
+        _, logits, labels = engine.evaluate("test")
+        _write_reliability(run_dir / "reliability.png", logits, labels, s.train.ece_bins, name)
+    return result.summary
+
+
+def import_teacher(
+    checkpoint: str | Path, model_name: str, data: DataSettings, *, name: str | None, runs_dir: str,
+    device: str = "auto", ece_bins: int = 15, eval_batch_size: int = 500,
+) -> dict[str, Any]:
+    """Load a teacher instead of training it (a labelenh checkpoint or a plain state_dict for the
+    named model), evaluate it, and write a run folder that `export-soft-labels` accepts."""
+    dev = resolve_device(device)
+    bundle = data.load()
+    obj = read_checkpoint(checkpoint)
+    if is_labelenh_checkpoint(obj):
+        model_name = obj["model_name"]
+    in_chans = bundle.train.image_shape[0]
+    model = build_model(model_name, bundle.num_classes, in_chans=in_chans)
+    load_weights(model, state_dict_of(obj), what=f"{model_name} with {bundle.num_classes} classes",
+                 source=checkpoint)
+    model.to(dev).eval()
+    pipe = ImagePipeline(bundle, dev, batch_size=eval_batch_size, eval_batch_size=eval_batch_size)
+    logits, labels = predict(model, pipe.eval_batches("test"), device=dev)
+    metrics = classification_metrics(logits, labels, n_bins=ece_bins)
+    run_name = name or default_run_name("import", model_name, data.dataset, 0)
+    run_dir = Path(runs_dir) / run_name
+    config = {"stage": "import", "model": model_name, "data": asdict(data), "source": str(checkpoint)}
+    save_checkpoint(run_dir / "checkpoint.pt", {
+        "model_name": model_name, "num_classes": bundle.num_classes, "in_chans": in_chans,
+        "model": model.state_dict(), "epoch": int(obj.get("epoch", 0)) if is_labelenh_checkpoint(obj) else 0,
+        "config": config, "metrics": metrics, "env": environment(), "dataset": dataset_record(bundle),
+    })
+    summary = {"name": run_name, "last": {"test": metrics}, "best": {"test": metrics}, "config": config,
+               "env": environment()}
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "summary.json", summary)
+    _write_reliability(run_dir / "reliability.png", logits, labels, ece_bins, run_name)
+    return summary
+
+
+def _write_reliability(path: Path, logits: torch.Tensor, labels: torch.Tensor, bins: int, title: str) -> None:
+    try:
+        from labelenh.plots import reliability_diagram
+
+        reliability_diagram(logits, labels, path, n_bins=bins, title=title)
+    except LabelenhError as e:  # matplotlib missing: the run is still valid
+        print(f"labelenh: note: {e}")
