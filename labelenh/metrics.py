@@ -64,7 +64,9 @@ def _check(scores: Tensor, labels: Tensor, n_bins: int | None = None) -> None:
             f"labels must lie in [0, {scores.shape[1] - 1}] for {scores.shape[1]} classes, "
             f"got values in [{lo}, {hi}]"
         )
-    if n_bins is not None and (not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1):
+    if n_bins is not None and (
+        not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1
+    ):
         raise LabelenhError(f"n_bins must be a positive integer, got {n_bins!r}")
 
 

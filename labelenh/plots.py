@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from labelenh.errors import LabelenhError
@@ -32,31 +33,66 @@ def _draw(ax_rel: Any, ax_hist: Any, bins: CalibrationBins, stats: dict, title: 
     counts = bins.counts.numpy()
     filled = counts > 0
     acc, conf = bins.accuracy.numpy(), bins.confidence.numpy()
-    ax_rel.bar(lo[filled], acc[filled], width=width[filled], align="edge", color="#3b6fb6",
-               edgecolor="black", linewidth=0.6, label="accuracy")
+    ax_rel.bar(
+        lo[filled],
+        acc[filled],
+        width=width[filled],
+        align="edge",
+        color="#3b6fb6",
+        edgecolor="black",
+        linewidth=0.6,
+        label="accuracy",
+    )
     # the gap between accuracy and mean confidence of each bin
-    bottom = [min(a, c) for a, c in zip(acc[filled], conf[filled])]
+    bottom = np.minimum(acc[filled], conf[filled])
     height = abs(acc[filled] - conf[filled])
-    ax_rel.bar(lo[filled], height, bottom=bottom, width=width[filled], align="edge",
-               color="#e04f4f", alpha=0.35, edgecolor="#b02020", hatch="//", linewidth=0.6,
-               label="gap")
+    ax_rel.bar(
+        lo[filled],
+        height,
+        bottom=bottom,
+        width=width[filled],
+        align="edge",
+        color="#e04f4f",
+        alpha=0.35,
+        edgecolor="#b02020",
+        hatch="//",
+        linewidth=0.6,
+        label="gap",
+    )
     ax_rel.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
     ax_rel.set_xlim(0, 1)
     ax_rel.set_ylim(0, 1)
     ax_rel.set_ylabel("accuracy")
-    ax_rel.set_aspect("auto")
     head = f"{title}\n" if title else ""
-    ax_rel.set_title(f"{head}ECE {100 * stats['ece']:.2f}%  acc {100 * stats['acc1']:.2f}%",
-                     fontsize=10)
-    ax_rel.legend(loc="upper left", fontsize=8, frameon=False,
-                  title=f"MCE {100 * stats['mce']:.1f}%  N={stats['n']}", title_fontsize=8)
+    ax_rel.set_title(
+        f"{head}ECE {100 * stats['ece']:.2f}%  acc {100 * stats['acc1']:.2f}%", fontsize=10
+    )
+    ax_rel.legend(
+        loc="upper left",
+        fontsize=8,
+        frameon=False,
+        title=f"MCE {100 * stats['mce']:.1f}%  N={stats['n']}",
+        title_fontsize=8,
+    )
     ax_rel.tick_params(labelbottom=False)
     # share of samples per confidence bin, the usual companion of the diagram
-    ax_hist.bar(lo, counts / max(counts.sum(), 1), width=width, align="edge", color="#7f7f7f",
-                edgecolor="black", linewidth=0.4)
+    ax_hist.bar(
+        lo,
+        counts / max(counts.sum(), 1),
+        width=width,
+        align="edge",
+        color="#7f7f7f",
+        edgecolor="black",
+        linewidth=0.4,
+    )
     ax_hist.axvline(stats["acc1"], color="#3b6fb6", linestyle="-", linewidth=1, label="accuracy")
-    ax_hist.axvline(float((bins.confidence * bins.counts).sum() / max(bins.n, 1)),
-                    color="#e04f4f", linestyle="--", linewidth=1, label="avg. confidence")
+    ax_hist.axvline(
+        float((bins.confidence * bins.counts).sum() / max(bins.n, 1)),
+        color="#e04f4f",
+        linestyle="--",
+        linewidth=1,
+        label="avg. confidence",
+    )
     ax_hist.set_xlim(0, 1)
     ax_hist.set_xlabel("confidence")
     ax_hist.set_ylabel("share")
@@ -76,7 +112,9 @@ def reliability_grid(
     for title, logits, labels in panels:
         stats = classification_metrics(logits, labels, n_bins)
         if stats["ece"] != stats["ece"]:  # NaN: the logits are not all finite
-            raise LabelenhError(f"cannot draw a reliability diagram for {title!r}: logits are not finite")
+            raise LabelenhError(
+                f"cannot draw a reliability diagram for {title!r}: logits are not finite"
+            )
         computed.append((str(title), calibration_bins(logits, labels, n_bins), stats))
     ncols = min(len(panels), ncols or 4)
     nrows = -(-len(panels) // ncols)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -27,7 +28,18 @@ from labelenh.data import (
 from labelenh.data.registry import resize_images
 from labelenh.errors import LabelenhError
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def rng_images(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -37,7 +49,9 @@ def rng_images(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 # ---------------------------------------------------------------- writers (torchvision layouts)
 
 
-def write_cifar10(root: Path, per_batch: int = 3, str_keys: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def write_cifar10(
+    root: Path, per_batch: int = 3, str_keys: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """cifar-10-batches-py with 5 train batches + test batch; returns (train data [N, 3072], labels).
 
     The official files are Python 2 pickles whose keys read back as str under latin1 (what
@@ -52,7 +66,8 @@ def write_cifar10(root: Path, per_batch: int = 3, str_keys: bool = False) -> tup
         y = [(b * 3 + i) % 10 for i in range(per_batch)]
         data.append(x)
         labels += y
-        if b == 1 or str_keys:  # str keys, protocol 2 (what Python 2 pickles look like once decoded)
+        # str keys, protocol 2: what Python 2 pickles look like once decoded
+        if b == 1 or str_keys:
             obj, proto = {"data": x, "labels": y, "batch_label": "training batch 1 of 5"}, 2
         else:  # bytes keys, as many hand-written loaders expect
             obj, proto = {b"data": x, b"labels": y, b"batch_label": b"training batch"}, 4
@@ -70,10 +85,17 @@ def write_cifar100(root: Path) -> tuple[np.ndarray, np.ndarray]:
     d.mkdir(parents=True)
     x = rng_images(1, (4, 3072))
     y = [99, 0, 42, 7]
-    train = {b"data": x, b"fine_labels": y, b"coarse_labels": [19, 0, 1, 2], b"filenames": [b"a.png"] * 4}
+    train = {
+        b"data": x,
+        b"fine_labels": y,
+        b"coarse_labels": [19, 0, 1, 2],
+        b"filenames": [b"a.png"] * 4,
+    }
     (d / "train").write_bytes(pickle.dumps(train))
     # test and meta with str keys, as the official files read under latin1 (and torchvision needs)
-    (d / "test").write_bytes(pickle.dumps({"data": rng_images(2, (2, 3072)), "fine_labels": [5, 6]}, 2))
+    (d / "test").write_bytes(
+        pickle.dumps({"data": rng_images(2, (2, 3072)), "fine_labels": [5, 6]}, 2)
+    )
     names = [f"c{i:02d}" for i in range(100)]
     (d / "meta").write_bytes(pickle.dumps({"fine_label_names": names, "coarse_label_names": []}, 2))
     return x, np.array(y)
@@ -118,10 +140,17 @@ def write_fashionmnist(root: Path, gz: bool) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def write_folder(root: Path, sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+def write_folder(
+    root: Path, sizes: dict[str, tuple[int, int]] | None = None
+) -> dict[str, np.ndarray]:
     """train/{cat,dog}/..., val/{cat,dog}/... PNGs; returns relative path -> HWC array."""
     out = {}
-    layout = {"train/cat": ["a.png", "b.png"], "train/dog": ["c.png"], "val/cat": ["d.png"], "val/dog": ["e.png"]}
+    layout = {
+        "train/cat": ["a.png", "b.png"],
+        "train/dog": ["c.png"],
+        "val/cat": ["d.png"],
+        "val/dog": ["e.png"],
+    }
     for i, (folder, names) in enumerate(sorted(layout.items())):
         (root / folder).mkdir(parents=True)
         for j, name in enumerate(names):
@@ -211,7 +240,8 @@ def test_fashionmnist_idx(tmp_path: Path, gz: bool) -> None:
     assert b.train.labels.tolist() == y.tolist() and b.classes[9] == "Ankle boot"
     if not gz:  # torchvision reads only the uncompressed files
         ref = torchvision.datasets.FashionMNIST(str(tmp_path), train=True, download=False)
-        assert torch.equal(b.train.images[:, 0], ref.data) and torch.equal(b.train.labels, ref.targets)
+        assert torch.equal(b.train.images[:, 0], ref.data)
+        assert torch.equal(b.train.labels, ref.targets)
 
 
 def test_image_folder(tmp_path: Path) -> None:
@@ -262,7 +292,12 @@ def test_folder_val_class_must_exist_in_train(tmp_path: Path) -> None:
 def test_npz(tmp_path: Path, layout: str) -> None:
     shape = (5, 8, 6, 3) if layout == "hwc" else (5, 8, 6)
     x = rng_images(7, shape)
-    arrays = {"x_train": x, "y_train": np.array([0, 1, 2, 1, 0]), "x_test": x[:2], "y_test": np.array([2, 2])}
+    arrays = {
+        "x_train": x,
+        "y_train": np.array([0, 1, 2, 1, 0]),
+        "x_test": x[:2],
+        "y_test": np.array([2, 2]),
+    }
     if layout == "hwc":
         arrays["classes"] = np.array(["a", "b", "c"])
     np.savez(tmp_path / "d.npz", **arrays)
@@ -291,6 +326,20 @@ def test_cifar10_mini() -> None:
     assert v.meta["num_samples"] == {"train": 4068, "val": 1017, "test": 1017}
 
 
+def test_pinned_fingerprints() -> None:
+    """The bundled subset and the synthetic generator must not drift: stores name them by hash."""
+    mini, syn = load_dataset("cifar10-mini"), load_dataset("synthetic")
+    assert mini.train.fingerprint() == (
+        "f365c89e7ecd03c531b4faee2187bf65dc2e38aabe97ef9b89cd594edf5c2413"
+    )
+    assert syn.train.fingerprint() == (
+        "d1c509b40ebe733643c4fd5417a462d5dd2bc29a5c283050603f1915da091484"
+    )
+    assert syn.test.fingerprint() == (
+        "1843e5daa6feb8be03d961f580323dd31b8a64b68a3f23f6a07ccc0fcd2f2a52"
+    )
+
+
 def test_synthetic() -> None:
     a, b = load_dataset("synthetic"), load_dataset("synthetic")
     assert a.train.images.shape == (500, 3, 32, 32) and a.test.images.shape == (100, 3, 32, 32)
@@ -303,7 +352,9 @@ def test_synthetic() -> None:
     assert s.num_classes == 4 and s.train.images.shape == (80, 3, 16, 16) and s.crop_pad == 2
     assert torch.bincount(s.test.labels).tolist() == [4] * 4
     # class colours differ: per-class mean colour is far apart from the next class's
-    means = torch.stack([a.train.images[a.train.labels == k].float().mean(dim=(0, 2, 3)) for k in range(10)])
+    means = torch.stack(
+        [a.train.images[a.train.labels == k].float().mean(dim=(0, 2, 3)) for k in range(10)]
+    )
     assert torch.cdist(means, means).add(torch.eye(10) * 1e9).min() > 20
     for bad in ["synthetic:1", "synthetic:x", "synthetic:4:0", "synthetic:4:5:6"]:
         with pytest.raises(LabelenhError, match="synthetic"):
@@ -402,7 +453,8 @@ def test_val_split(tmp_path: Path) -> None:
     assert len(va) == 75 and len(tr) == 225
     assert set(tr).isdisjoint(va) and sorted(tr + va) == list(range(300))
     assert tr == sorted(tr) and va == sorted(va)  # original order kept
-    assert b.train.labels.tolist() == [i % 5 for i in tr] and b.val.labels.tolist() == [i % 5 for i in va]
+    assert b.train.labels.tolist() == [i % 5 for i in tr]
+    assert b.val.labels.tolist() == [i % 5 for i in va]
     assert row_ids(load_dataset(spec, val_split=0.25, split_seed=1).val) == va
     assert row_ids(load_dataset(spec, val_split=0.25, split_seed=2).val) != va
     assert b.meta["val_split"] == 0.25 and b.meta["split_seed"] == 1 and b.meta["full_train"] == 300
@@ -428,6 +480,7 @@ def test_noise_applied_before_split(tmp_path: Path) -> None:
     assert 0.35 < rate < 0.65
     assert noisy.train.fingerprint() != clean.train.fingerprint()
     assert torch.equal(noisy.test.labels, clean.test.labels)  # test labels never noised
+    assert json.loads(json.dumps(noisy.meta)) == noisy.meta
     with pytest.raises(LabelenhError, match="not both"):
         load_dataset(spec, noise="symmetric:0.1", noisy_labels="x.pt")
 
@@ -438,7 +491,8 @@ def test_noisy_label_file_through_load_dataset(tmp_path: Path) -> None:
     torch.save({"clean_label": labels, "worse_label": worse}, tmp_path / "CIFAR-10_human.pt")
     b = load_dataset("cifar10", tmp_path, noisy_labels=f"{tmp_path / 'CIFAR-10_human.pt'}:worst")
     assert b.train.labels.tolist() == worse.tolist()
-    assert b.meta["noise"]["key"] == "worse_label" and b.meta["noise"]["rate"] == pytest.approx(7 / 15)
+    assert b.meta["noise"]["key"] == "worse_label"
+    assert b.meta["noise"]["rate"] == pytest.approx(7 / 15)
     torch.save({"clean_label": labels[:5]}, tmp_path / "short.pt")
     with pytest.raises(LabelenhError, match="15 samples"):
         load_dataset("cifar10", tmp_path, noisy_labels=f"{tmp_path / 'short.pt'}:clean")

@@ -92,7 +92,12 @@ def test_matches_torchmetrics_without_any_change_when_no_confidence_is_one() -> 
 def test_bins_by_hand() -> None:
     # probabilities with top-1 confidences 1.0, 0.5 (an edge for 4 bins), 0.25 (edge), 0.3
     p = torch.tensor(
-        [[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [0.3, 0.2, 0.2, 0.3]],
+        [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.5, 0.5, 0.0, 0.0],
+            [0.25, 0.25, 0.25, 0.25],
+            [0.3, 0.2, 0.2, 0.3],
+        ],
         dtype=torch.float64,
     )
     y = torch.tensor([1, 0, 0, 0])  # wrong, right (first index wins ties), right, right

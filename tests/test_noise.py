@@ -30,7 +30,9 @@ def balanced(n: int = N, k: int = 10) -> torch.Tensor:
 
 def empirical_transition(clean: torch.Tensor, noisy: torch.Tensor, k: int) -> torch.Tensor:
     counts = torch.zeros(k, k, dtype=torch.float64)
-    counts.index_put_((clean, noisy), torch.ones(clean.shape[0], dtype=torch.float64), accumulate=True)
+    counts.index_put_(
+        (clean, noisy), torch.ones(clean.shape[0], dtype=torch.float64), accumulate=True
+    )
     return counts / counts.sum(dim=1, keepdim=True)
 
 
@@ -61,7 +63,9 @@ def test_symmetric_full_flip_never_keeps_label() -> None:
 def test_pairflip_follows_pairing() -> None:
     partner = torch.tensor(PAIRFLIP_CIFAR10)
     assert torch.equal(partner[partner], torch.arange(10))  # a two-way pairing
-    assert {(0, 2), (1, 9), (3, 5), (4, 7), (6, 8)} == {tuple(sorted((i, int(partner[i])))) for i in range(10)}
+    assert {(0, 2), (1, 9), (3, 5), (4, 7), (6, 8)} == {
+        tuple(sorted((i, int(partner[i])))) for i in range(10)
+    }
     clean = balanced()
     noisy = apply_noise(clean, "pairflip:0.45", 10, seed=1)
     changed = noisy != clean
@@ -69,7 +73,8 @@ def test_pairflip_follows_pairing() -> None:
     assert abs(changed.double().mean().item() - 0.45) < 4 * math.sqrt(0.45 * 0.55 / N)
     assert torch.equal(apply_noise(clean, "pairflip:1", 10, seed=1), partner[clean])
     p = transition_matrix("pairflip", 0.3, 10)
-    assert p[0, 2] == pytest.approx(0.3) and p[0, 0] == pytest.approx(0.7) and p[0].count_nonzero() == 2
+    assert p[0, 2] == pytest.approx(0.3) and p[0, 0] == pytest.approx(0.7)
+    assert p[0].count_nonzero() == 2
     with pytest.raises(LabelenhError, match="10 classes"):
         apply_noise(torch.arange(100), "pairflip:0.2", 100, seed=0)
 
@@ -141,10 +146,16 @@ def test_cifarn_pt_with_numpy_arrays(tmp_path: Path, legacy: bool) -> None:
 def test_cifar100n_aliases(tmp_path: Path) -> None:
     path = tmp_path / "CIFAR-100_human.pt"
     noisy = np.arange(30) % 100
-    torch.save({"clean_label": np.zeros(30, np.int64), "noisy_label": noisy, "noisy_coarse_label": noisy % 20}, path)
+    d = {
+        "clean_label": np.zeros(30, np.int64),
+        "noisy_label": noisy,
+        "noisy_coarse_label": noisy % 20,
+    }
+    torch.save(d, path)
     assert load_noisy_labels(f"{path}:noisy100", 30, 100)[0].tolist() == noisy.tolist()
     assert load_noisy_labels(f"{path}:clean100", 30, 100)[0].tolist() == [0] * 30
-    assert set(CIFARN_ALIASES) >= {"clean", "aggre", "worst", "rand1", "rand2", "rand3", "clean100", "noisy100"}
+    cli_names = {"clean", "aggre", "worst", "rand1", "rand2", "rand3", "clean100", "noisy100"}
+    assert set(CIFARN_ALIASES) >= cli_names
 
 
 def test_other_label_files(tmp_path: Path) -> None:

@@ -87,8 +87,9 @@ def torch_load_numpy(path: Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        first = str(e).strip().splitlines()
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), None)
         raise LabelenhError(
-            f"cannot read {path}: it holds more than tensors and NumPy arrays "
-            f"({first[-1] if first else type(e).__name__}); save the labels as a tensor or .npy"
+            f"cannot read {path}: it holds more than tensors and NumPy arrays"
+            f"{f' ({why})' if why else ''}; save the labels as a tensor or .npy"
         ) from e

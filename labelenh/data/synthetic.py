@@ -3,11 +3,15 @@
 Each class has its own colour (evenly spaced hues) and stripe pattern (orientation and
 period); every sample adds a random pattern phase, a colour shift and pixel noise. A small
 CNN separates the classes within an epoch or two, yet no two images are equal.
+
+Generation runs in float64 on the CPU: float32 kernels differ by an ulp between CPU vector
+units, which could flip a rounded pixel and with it the dataset fingerprint across machines.
 """
 
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 
 import torch
@@ -42,8 +46,16 @@ def make_synthetic(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train uint8 [K*n, 3, S, S], y_train, x_test uint8 [K*max(1, n//5), ...], y_test).
 
-    Classes are exactly balanced; rows come in a seeded random order.
+    Classes are exactly balanced; rows come in a seeded random order. Results are cached (tests
+    load this dataset often) and returned as fresh copies, so callers may modify them.
     """
+    return tuple(t.clone() for t in _make_synthetic(num_classes, image_size, per_class, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_synthetic(
+    num_classes: int = 10, image_size: int = 32, per_class: int = 50, seed: int = SYNTHETIC_SEED
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     colours = _class_colours(num_classes)  # [K, 3]
 
     def split(n_per_class: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,6 @@ class ModelFactory(Protocol):
 F = TypeVar("F", bound=ModelFactory)
 
 _MODELS: dict[str, ModelFactory] = {}
-_PREFIXES = ("timm:", "torchvision:")
 
 
 def register_model(name: str) -> Callable[[F], F]:

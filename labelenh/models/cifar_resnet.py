@@ -58,7 +58,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int, in_chans: int = 3, shortcut: str = "B") -> None:
+    def __init__(
+        self, depth: int, num_classes: int, in_chans: int = 3, shortcut: str = "B"
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")

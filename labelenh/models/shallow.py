@@ -31,7 +31,7 @@ class ShallowNet(nn.Module):
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        for conv, bn in zip(self.convs, self.bns):
+        for conv, bn in zip(self.convs, self.bns, strict=True):
             x = F.relu(F.max_pool2d(bn(conv(x)), 2))  # [B, C, H/2, W/2]
         x = torch.flatten(self.pool(x), 1)  # [B, 2048]
         x = self.dropout(F.relu(self.fcbn1(self.fc1(x))))  # [B, 128]

@@ -21,12 +21,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise LabelenhError(f"weights file {path} does not exist; pass the path of a saved state_dict")
+        raise LabelenhError(
+            f"weights file {path} does not exist; pass the path of a saved state_dict"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabelenhError(f"cannot read weights {path}: {msg}") from e
+        # torch's own message advises weights_only=False, which would run arbitrary code
+        raise LabelenhError(
+            f"cannot read weights {path} ({type(e).__name__}): it must be a torch.save file of "
+            "tensors in plain dicts/lists/numbers/strings, e.g. torch.save(model.state_dict(), path)"
+        ) from e
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), Mapping):
@@ -44,9 +49,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 f"weights {path} are not a state_dict: entry {key!r} is {type(value).__name__}, "
                 "expected a tensor"
             )
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
+        while key.startswith(_PREFIXES):
+            key = key[len(next(p for p in _PREFIXES if key.startswith(p))) :]
         state[key] = value
     return state
 

@@ -232,7 +232,7 @@ class StorePlan:
 
     def datasets(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
         """(path, shape, dtype) of every dataset, in creation order."""
-        n, c, v, k = self.num_samples, self.num_classes, self.num_views, self.fmt.k
+        n, c, v = self.num_samples, self.num_classes, self.num_views
         out: list[tuple[str, tuple[int, ...], np.dtype]] = [
             ("labels", (n,), np.dtype("<i8")),
             ("progress", (self.num_chunks,), np.dtype("u1")),

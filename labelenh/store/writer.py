@@ -66,7 +66,8 @@ def create_store(path: Path, plan: StorePlan) -> None:
 
 def metadata_bytes(plan: StorePlan) -> int:
     """Bytes of the file that are not array data: the skeleton built in memory, unallocated."""
-    f = h5py.File(f"labelenh-size-{id(plan)}", "w", driver="core", backing_store=False)
+    # block_size=1: the in-memory file grows to exactly its end of allocation, not to 64 KiB steps
+    f = h5py.File(f"labelenh-size-{id(plan)}", "w", driver="core", backing_store=False, block_size=1)
     try:
         write_skeleton(f, plan, allocate=False)
         f.flush()

@@ -1,12 +1,14 @@
 """`apply_views`: the one function that turns source images + recipes into view images and
 mixed label weights. Export and student training both call it; nothing else mixes.
 
-Batched on the tensors' device with index arithmetic, no Python loop over samples. Every output
-pixel is one element of one source image (or a zero from the crop padding), found by composing
-the op's layout (cutmix box, RICAP quadrant + offset) with the base crop/flip of that source, and
-read with a single gather. Mixup blends two such images with separate elementwise ops
-(`a * lam`, `b * (1 - lam)`, then `+`), each materialised: every output element then depends on
-its own inputs only, so results are bit-identical however the recipes are batched or ordered.
+Batched on the tensors' device, no Python loop over samples. Each output row (b, c, y) is a run
+of W pixels read from one row of one source image at a column shift — the base crop offset, the
+RICAP patch offset — so whole rows are copied with one `index_select` from an overlapping
+"window" view of a flat buffer holding every source row (and a row-reversed copy for flips).
+Mixed layouts (cutmix box, RICAP left/right patches) read one row set per side and pick per
+pixel with 0/1 masks that also zero the crop padding. Mixup blends two images with separate
+elementwise ops (`a * lam`, `b * (1 - lam)`, then `+`), each materialised: every output element
+depends on its own inputs only, so results are bit-identical however the recipes are batched.
 """
 
 from __future__ import annotations
@@ -25,63 +27,103 @@ class _Source(Protocol):
     def load(self, indices: torch.Tensor) -> torch.Tensor: ...
 
 
-def _per_source(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """t [B, S] indexed by source ids k [B, ...] -> t[b, k[b, ...]], shaped like k."""
-    return torch.gather(t, 1, k.reshape(k.shape[0], -1)).view(k.shape)
+class _Rows:
+    """All source rows in one flat uint8 buffer, readable as W-wide windows at any offset.
 
-
-def _base_coords(r: Recipes, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, hw):
-    """Map view-frame pixel (u, v) of source k (after its crop/flip) to the raw source image.
-
-    k is [B, H, W] or [B, 1, 1]; u, v broadcast against it. Returns (row, col, valid), each
-    broadcastable to [B, H, W]; invalid pixels fall in the crop padding and read as zero.
+    buf [R, L]: R = 1 (plain) or 2 (plain, every row reversed); each half holds the sources
+    [B, S, C, H, W] flattened, with W spare bytes before and after so that a window starting
+    up to W before the first row or ending W after the last stays inside the buffer.
     """
-    H, W = hw
-    dy = _per_source(r.crop[:, :, 0], k)
-    dx = _per_source(r.crop[:, :, 1], k)
-    fl = _per_source(r.flip, k)
-    row = u + dy  # the crop window starts dy rows below the image top
-    col = torch.where(fl, (W - 1) - v, v) + dx  # flip is applied to the cropped window
-    valid = (row >= 0) & (row < H) & (col >= 0) & (col < W)
-    return row, col, valid
+
+    def __init__(self, sources: torch.Tensor, need_flip: bool) -> None:
+        B, S, C, H, W = sources.shape
+        self.shape = (B, S, C, H, W)
+        n = sources.numel()
+        self.margin = W
+        buf = sources.new_empty((2 if need_flip else 1, n + 2 * W))
+        buf[:, :W] = 0
+        buf[:, W + n :] = 0
+        buf[0, W : W + n] = sources.reshape(-1)
+        if need_flip:
+            buf[1, W : W + n].view(-1, W).copy_(sources.reshape(-1, W).flip(-1))
+        self.half = buf.shape[1]
+        # overlapping view: window i = buf.flat[i : i + W]
+        self.windows = buf.view(-1).as_strided((buf.numel() - W + 1, W), (1, 1))
+
+    def read(self, r: Recipes, k: torch.Tensor, u: torch.Tensor, vshift: torch.Tensor):
+        """Read view rows: output row (b, c, y) comes from view-frame row u[b, y] of source
+        k[b, y] (after that source's crop/flip), output column x from view-frame column
+        x + vshift[b, y]. k, u, vshift: int64 [B, H].
+
+        Returns rows uint8 [B, C, H, W] and valid bool [B, H, W] (False in the crop padding,
+        where the rows hold arbitrary bytes).
+        """
+        B, S, C, H, W = self.shape
+        dev = k.device
+        dy = torch.gather(r.crop[:, :, 0], 1, k)  # [B, H]
+        dx = torch.gather(r.crop[:, :, 1], 1, k)
+        fl = torch.gather(r.flip, 1, k)
+        raw_row = u + dy  # crop window starts dy rows below the image top
+        row_ok = (raw_row >= 0) & (raw_row < H)
+        # raw column of output x: x + shift in the plain rows, or in the reversed rows when
+        # flipped (flip is applied to the cropped window: col = W-1-(x+vshift) + dx)
+        shift = vshift + torch.where(fl, -dx, dx)  # [B, H]
+        img = torch.arange(B, device=dev).view(B, 1) * S + k  # [B, H] source image id
+        start = (self.margin + img * (C * H * W) + raw_row.clamp(0, H - 1) * W
+                 + shift.clamp(-W, W) + fl.to(torch.int64) * self.half)  # |shift| >= W: all invalid
+        starts = start.view(B, 1, H) + torch.arange(C, device=dev).view(1, C, 1) * (H * W)
+        rows = self.windows.index_select(0, starts.reshape(-1)).view(B, C, H, W)
+        x = torch.arange(W, device=dev).view(1, 1, W)
+        lo = (-shift).view(B, H, 1)
+        valid = (x >= lo) & (x < lo + W) & row_ok.view(B, H, 1)  # [B, H, W]
+        return rows, valid
 
 
-def _read(sources: torch.Tensor, k: torch.Tensor, row, col, valid) -> torch.Tensor:
-    """uint8 [B, C, H, W]: out[b, c, y, x] = sources[b, k, c, row, col], 0 where not valid."""
+def _masked(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """rows uint8 [B, C, H, W] * mask bool [B, H, W], in place."""
+    B, _, H, W = rows.shape
+    return rows.mul_(mask.view(B, 1, H, W).to(torch.uint8))
+
+
+def _render(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
+    """float32 [B, C, H, W] view images (0..255)."""
     B, S, C, H, W = sources.shape
-    HW = H * W
-    pix = row.clamp(0, H - 1) * W + col.clamp(0, W - 1)  # [B, H, W] pixel in its image
-    base = (k * (C * HW) + pix).expand(B, H, W).reshape(B, 1, HW)  # offset in [S, C, HW]
-    chan = torch.arange(C, device=sources.device).view(1, C, 1) * HW
-    out = torch.gather(sources.reshape(B, S * C * HW), 1, (base + chan).reshape(B, C * HW))
-    return out.view(B, C, H, W) * valid.expand(B, H, W).view(B, 1, H, W).to(torch.uint8)
-
-
-def _layout(r: Recipes, hw, device):
-    """Which source and which view-frame pixel feed each output pixel, per op.
-
-    Returns k [B, H, W] (or [B, 1, 1]), u, v (broadcastable to [B, H, W]).
-    """
-    H, W = hw
-    B = len(r)
-    yy = torch.arange(H, device=device).view(1, H, 1)
-    xx = torch.arange(W, device=device).view(1, 1, W)
     op = r.spec.op
-    if op == "cutmix":
+    if op == "none":
+        return sources[:, 0].to(torch.float32)
+    dev = sources.device
+    rows = _Rows(sources, need_flip=bool(r.flip.any()))
+    yy = torch.arange(H, device=dev).view(1, H).expand(B, H)  # [B, H]
+    zero = torch.zeros(B, H, dtype=torch.int64, device=dev)
+    if op == "crop-flip":
+        a, va = rows.read(r, zero, yy, zero)
+        return _masked(a, va).to(torch.float32)
+    if op in ("mixup", "cutmix"):
+        a, va = rows.read(r, zero, yy, zero)  # the sample's own base view
+        b, vb = rows.read(r, zero + 1, yy, zero)  # the partner's base view
+        if op == "mixup":
+            lam = r.lam.view(B, 1, 1, 1)
+            xa = _masked(a, va).to(torch.float32) * lam  # materialised one by one:
+            xb = _masked(b, vb).to(torch.float32) * (1.0 - lam)  # no fused multiply-add
+            return xa + xb
         y0, y1, x0, x1 = (r.box[:, i].view(B, 1, 1) for i in range(4))
-        inside = (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)  # [B, H, W]
-        return inside.to(torch.int64), yy, xx
-    if op == "ricap":
-        w = r.ricap_wh[:, 0].view(B, 1, 1)
-        h = r.ricap_wh[:, 1].view(B, 1, 1)
-        bottom = (yy >= h).to(torch.int64)  # [B, H, 1]
-        right = (xx >= w).to(torch.int64)  # [B, 1, W]
-        k = 2 * bottom + right  # [B, H, W] patch index = source index
-        oy = torch.gather(r.ricap_off[:, :, 0], 1, k.view(B, -1)).view(B, H, W)
-        ox = torch.gather(r.ricap_off[:, :, 1], 1, k.view(B, -1)).view(B, H, W)
-        return k, oy + (yy - bottom * h), ox + (xx - right * w)
-    zero = torch.zeros(B, 1, 1, dtype=torch.int64, device=device)
-    return zero, yy, xx
+        xx = torch.arange(W, device=dev).view(1, 1, W)
+        inside = (yy.view(B, H, 1) >= y0) & (yy.view(B, H, 1) < y1) & (xx >= x0) & (xx < x1)
+        return (_masked(a, va & ~inside) + _masked(b, vb & inside)).to(torch.float32)
+    # ricap: row y takes its left patch from source 0 (top) or 2 (bottom), its right patch from
+    # source 1 or 3; patch k shows source k's view frame from offset (oy_k, ox_k)
+    w = r.ricap_wh[:, 0].view(B, 1)
+    h = r.ricap_wh[:, 1].view(B, 1)
+    bottom = (yy >= h).to(torch.int64)  # [B, H]
+    k_left = 2 * bottom
+    k_right = k_left + 1
+    oy, ox = r.ricap_off[:, :, 0], r.ricap_off[:, :, 1]  # [B, 4]
+    y_in = yy - bottom * h  # row inside the patch
+    a, va = rows.read(r, k_left, torch.gather(oy, 1, k_left) + y_in, torch.gather(ox, 1, k_left))
+    b, vb = rows.read(r, k_right, torch.gather(oy, 1, k_right) + y_in,
+                      torch.gather(ox, 1, k_right) - w)
+    right = torch.arange(W, device=dev).view(1, 1, W) >= w.view(B, 1, 1)  # [B, 1, W]
+    return (_masked(a, va & ~right) + _masked(b, vb & right)).to(torch.float32)
 
 
 def _label_weights(r: Recipes, source_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -128,23 +170,7 @@ def apply_views(
     device = sources.device
     r = recipes.to(device)
     source_labels = source_labels.to(device=device, dtype=torch.int64)
-    B, S, C, H, W = sources.shape
-    weights = _label_weights(r, source_labels, num_classes)
-    op = r.spec.op
-    if op == "none":
-        return sources[:, 0].to(torch.float32), weights
-    if op == "mixup":
-        _, u, v = _layout(r, (H, W), device)
-        imgs = []
-        for k in (0, 1):
-            kk = torch.full((B, 1, 1), k, dtype=torch.int64, device=device)
-            imgs.append(_read(sources, kk, *_base_coords(r, kk, u, v, (H, W))).to(torch.float32))
-        lam = r.lam.view(B, 1, 1, 1)
-        a = imgs[0] * lam  # materialised one by one: no fused multiply-add
-        b = imgs[1] * (1.0 - lam)
-        return a + b, weights
-    k, u, v = _layout(r, (H, W), device)
-    return _read(sources, k, *_base_coords(r, k, u, v, (H, W))).to(torch.float32), weights
+    return _render(sources.contiguous(), r), _label_weights(r, source_labels, num_classes)
 
 
 def gather_and_apply(

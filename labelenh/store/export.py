@@ -1,0 +1,503 @@
+"""`export_soft_labels`: run teachers over a train split — the clean samples and V replayable
+views of each — and stream their logits into a store, chunk by chunk.
+
+Determinism: the stored bytes are a pure function of (teachers, dataset, view spec, V, seed,
+format, chunk size, device type, AMP). Every teacher forward is one fixed block of at most
+`chunk_size` images: the chunk's clean samples, then its (sample, view) pairs in sample-major
+order cut every `chunk_size` pairs. Blocks never depend on which chunks were written before
+(resume), on their order, or on anything else the caller chooses at run time, because CPU (and
+cuDNN) kernels pick algorithms by batch shape and their last bits differ between shapes.
+
+Memory is independent of N: one chunk (chunk_size x (1 + V) logits per teacher) is in flight
+at a time, plus the one being written by a background thread while the next is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelenh.errors import LabelenhError
+from labelenh.store.lock import ExportLock
+from labelenh.store.reader import SoftLabelStore, open_h5, read_root_attrs
+from labelenh.store.schema import (
+    DEFAULT_CHUNK_SIZE,
+    LogitFormat,
+    StorePlan,
+    TeacherRecord,
+    dedupe_names,
+    index_dtype,
+)
+from labelenh.store.topk import kl_rows, topk_compress, topk_dense
+from labelenh.store.writer import StoreWriter, TeacherChunk, create_store, estimate_size
+
+KL_BLOCK_ROWS = 2048  # bounds the float64 temporaries of the top-k error
+
+
+@dataclass
+class Teacher:
+    """A teacher ready to export: its (eval-mode) model and what the store records about it."""
+
+    name: str
+    model: nn.Module
+    record: TeacherRecord
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes): identifies in-memory teachers."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def teacher_from_model(model: nn.Module, name: str, *, model_name: str | None = None,
+                       metrics: dict[str, Any] | None = None, source: str = "") -> Teacher:
+    """Wrap an in-memory model (its sha256 is that of its weights)."""
+    rec = TeacherRecord(name=name, model=model_name or type(model).__name__,
+                        sha256=weights_sha256(model), source=source, metrics=dict(metrics or {}))
+    return Teacher(name=name, model=model, record=rec)
+
+
+def load_teachers(paths: Sequence[str | Path], device: torch.device | str, num_classes: int,
+                  *, model_name: str | None = None) -> list[Teacher]:
+    """Teachers from run folders or checkpoint files; names from the run/checkpoint, made unique."""
+    from labelenh.checkpoint import load_teacher
+
+    loaded = [load_teacher(p, device, model_name=model_name, num_classes=num_classes) for p in paths]
+    names = dedupe_names([info.get("name") or Path(str(p)).stem for (_, info), p in zip(loaded, paths, strict=True)])
+    out = []
+    for (model, info), name in zip(loaded, names, strict=True):
+        rec = TeacherRecord(name=name, model=str(info.get("model", "unknown")),
+                            sha256=str(info.get("sha256", "unknown")), source=str(info.get("path", "")),
+                            metrics=dict(info.get("metrics") or {}))
+        out.append(Teacher(name=name, model=model, record=rec))
+    return out
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    size_bytes: int
+    chunks_total: int
+    chunks_written: int = 0  # by this call
+    chunks_resumed: int = 0  # found already written
+    seconds: float = 0.0
+    dry_run: bool = False
+    already_complete: bool = False
+    verify: dict[str, Any] | None = None
+    plan: StorePlan | None = field(default=None, repr=False)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The autocast mode actually used: "off" on CPU; "auto" means fp16 on CUDA (fp16 keeps
+    3 more mantissa bits of the logits than bf16)."""
+    amp = str(amp).lower()
+    if amp not in ("auto", "off", "fp16", "bf16"):
+        raise LabelenhError(f"--amp {amp!r} is not one of auto, off, fp16, bf16")
+    if device.type != "cuda":
+        return "off"
+    return "fp16" if amp == "auto" else amp
+
+
+class TeacherRunner:
+    """Runs every teacher on normalised blocks of images: eval mode, inference mode, autocast
+    on CUDA; refuses NaN/Inf logits and logits of the wrong width."""
+
+    def __init__(self, teachers: list[Teacher], source: Any, *, num_classes: int,
+                 mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str) -> None:
+        from labelenh.data import TensorImages
+
+        self.teachers = teachers
+        self.device = device
+        self.amp = amp
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.num_classes = num_classes
+        if device.type == "cuda" and isinstance(source, TensorImages):
+            source = source.to(device)  # CIFAR-size data lives on the GPU as uint8
+        self.source = source
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        for t in teachers:
+            t.model.to(device).eval()
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        from labelenh.data import normalize
+
+        return normalize(x.to(self.device, non_blocking=True).float(), self.mean, self.std)
+
+    def clean_images(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._normalize(self.source.load(idx))  # [B, C, H, W]
+
+    def view_images(self, recipes) -> torch.Tensor:
+        from labelenh.views import gather_and_apply
+
+        x, _ = gather_and_apply(self.source, recipes, self.num_classes)
+        return self._normalize(x)
+
+    def forward(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
+        """float32 logits [B, C] of each teacher, on the device."""
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs = []
+        for t in self.teachers:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                z = t.model(x)
+            z = z.float()
+            if z.ndim != 2 or z.shape[0] != x.shape[0] or z.shape[1] != self.num_classes:
+                raise LabelenhError(
+                    f"teacher {t.name} returned logits of shape {list(z.shape)} for {x.shape[0]} images; "
+                    f"expected [{x.shape[0]}, {self.num_classes}]: use a teacher trained on this dataset"
+                )
+            if not bool(torch.isfinite(z).all()):
+                hint = " (try --amp off)" if self.amp_dtype is not None else ""
+                raise LabelenhError(
+                    f"teacher {t.name} produced NaN/Inf logits for {what}{hint}: check the checkpoint; "
+                    "the store stays incomplete"
+                )
+            outs.append(z)
+        return outs
+
+
+def plan_export(
+    teachers: list[Teacher], source: Any, *, dataset: str, num_classes: int, mean: Sequence[float],
+    std: Sequence[float], num_views: int, spec: Any, view_seed: int, fmt: LogitFormat,
+    chunk_size: int, device: torch.device, amp: str, fingerprint: str,
+    dataset_meta: dict[str, Any] | None,
+) -> StorePlan:
+    recipe_dt = None
+    if num_views:
+        from labelenh.views import recipe_dtype
+
+        recipe_dt = recipe_dtype(spec)
+    _, h, w = source.image_shape
+    return StorePlan(
+        dataset=dataset, fingerprint=fingerprint, num_samples=len(source), num_classes=num_classes,
+        num_views=num_views, view_spec=spec.to_dict() if num_views else None,
+        view_seed=int(view_seed), image_size=(int(h), int(w)), fmt=fmt, chunk_size=chunk_size,
+        teachers=[t.record for t in teachers],
+        normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        compute={"device": device.type, "amp": amp}, recipe_dtype=recipe_dt,
+        dataset_meta=_jsonable(dataset_meta or {}),
+    )
+
+
+def export_soft_labels(
+    out: str | Path,
+    teachers: list[Teacher],
+    source: Any,
+    *,
+    dataset: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_views: int = 0,
+    spec: Any = None,
+    view_seed: int = 0,
+    fmt: str | LogitFormat = "fp16",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str | torch.device = "cpu",
+    amp: str = "auto",
+    overwrite: bool = False,
+    dry_run: bool = False,
+    verify: int = 0,
+    progress: bool = False,
+    dataset_meta: dict[str, Any] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Write (or resume, or just size with dry_run) the store `out`. See the module doc.
+
+    source: the train split (ImageSource: labels, load(idx), fingerprint(), image_shape).
+    spec/num_views/view_seed: the views (num_views = 0: clean logits only).
+    fmt: "fp16" | "fp32" | "topk:K".  verify: re-run the teachers on this many random stored
+    rows afterwards and compare (LabelenhError when they differ)."""
+    out = Path(out)
+    device = torch.device(device)
+    amp = resolve_amp(amp, device)
+    fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
+    _check_args(teachers, source, num_classes, num_views, spec, chunk_size, verify, fmt)
+    fingerprint = "0" * 64 if dry_run else source.fingerprint()  # a dry run reads no image
+    plan = plan_export(teachers, source, dataset=dataset, num_classes=num_classes, mean=mean, std=std,
+                       num_views=num_views, spec=spec, view_seed=view_seed, fmt=fmt,
+                       chunk_size=chunk_size, device=device, amp=amp, fingerprint=fingerprint,
+                       dataset_meta=dataset_meta)
+    if dry_run:
+        return ExportResult(out, estimate_size(plan), plan.num_chunks, dry_run=True, plan=plan)
+
+    t0 = time.perf_counter()
+    with ExportLock(out):
+        state = _prepare(out, plan, overwrite)
+        runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
+                               device=device, amp=amp)
+        result = ExportResult(out, 0, plan.num_chunks, plan=plan, already_complete=state == "complete")
+        if state != "complete":
+            _write_chunks(out, plan, runner, spec, result, progress, on_chunk)
+        result.size_bytes = out.stat().st_size
+        result.seconds = time.perf_counter() - t0
+        if verify:
+            result.verify = verify_rows(out, runner, verify, seed=view_seed)
+    return result
+
+
+def _check_args(teachers, source, num_classes, num_views, spec, chunk_size, verify, fmt) -> None:
+    if not teachers:
+        raise LabelenhError("no teacher given: pass --teacher RUN_OR_CHECKPOINT (repeat it for an ensemble)")
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names) or any(dedupe_names([n])[0] != n for n in names):
+        raise LabelenhError(f"teacher names must be unique and HDF5-safe, got {names}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise LabelenhError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if len(source) < 1:
+        raise LabelenhError("the train split is empty: nothing to export")
+    if not isinstance(num_views, int) or num_views < 0:
+        raise LabelenhError(f"--views must be >= 0, got {num_views}")
+    if num_views and spec is None:
+        raise LabelenhError(f"--views {num_views} needs an augmentation: pass --aug crop-flip|mixup|cutmix|ricap")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise LabelenhError(f"--batch-size must be a positive integer, got {chunk_size}")
+    if not isinstance(verify, int) or verify < 0:
+        raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
+    if fmt.is_topk and fmt.k > num_classes:
+        raise LabelenhError(f"--format topk:{fmt.k} exceeds the {num_classes} classes")
+
+
+def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
+    """Create the skeleton, or check that the existing file is this export: "new" | "resume" |
+    "complete"."""
+    if overwrite or not out.exists():
+        create_store(out, plan)
+        return "new"
+    try:
+        with open_h5(out) as f:
+            attrs = read_root_attrs(f, out)
+    except LabelenhError as e:
+        raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
+    old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise LabelenhError(
+            f"{out} was started with different arguments (they differ in: {', '.join(diff)}): "
+            "rerun with the same arguments to resume it, or pass --overwrite to start over"
+        )
+    return "complete" if bool(attrs.get("complete")) else "resume"
+
+
+def _write_chunks(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, result: ExportResult,
+                  progress: bool, on_chunk: Callable[[int], None] | None) -> None:
+    writer = StoreWriter(out, plan)
+    try:
+        done = writer.done()
+        todo = [c for c in range(plan.num_chunks) if not done[c]]
+        result.chunks_resumed = plan.num_chunks - len(todo)
+        bar = _ProgressBar(progress, plan, result.chunks_resumed)
+        pending: tuple[int, Future] | None = None
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is not None:
+                c, fut = pending
+                pending = None
+                fut.result()  # re-raises a failed write
+                result.chunks_written += 1
+                bar.advance(plan.chunk_bounds(c))
+                if on_chunk is not None:
+                    on_chunk(c)
+
+        # One background writer: chunk c is written while chunk c + 1 is computed.
+        with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+            for c in todo:
+                payload = compute_chunk(plan, runner, spec, c)
+                settle()
+                pending = (c, pool.submit(writer.write_chunk, c, *payload))
+            settle()
+        writer.finish()
+    finally:
+        writer.close()
+
+
+@torch.inference_mode()
+def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
+                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, TeacherChunk]]:
+    """(labels [B], recipe records [B, V] or None, per-teacher outputs) of chunk c."""
+    s0, s1 = plan.chunk_bounds(c)
+    b, v, cs = s1 - s0, plan.num_views, plan.chunk_size
+    idx = torch.arange(s0, s1)
+    labels = runner.source.labels[idx.to(runner.source.labels.device)].cpu().numpy().astype("<i8")
+    clean = runner.forward(runner.clean_images(idx), f"samples {s0}..{s1 - 1}")  # T x [B, C]
+    views: list[list[torch.Tensor]] = [[] for _ in runner.teachers]
+    records = None
+    if v:
+        from labelenh.views import sample_views
+
+        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx)
+        records = rec.to_struct(spec).reshape(b, v)
+        for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
+            zs = runner.forward(runner.view_images(rec[i:i + cs]), f"views of samples {s0}..{s1 - 1}")
+            for t, z in enumerate(zs):
+                views[t].append(z)
+    outputs = {}
+    for t, teacher in enumerate(runner.teachers):
+        zv = torch.cat(views[t]) if v else None  # [B*V, C]
+        outputs[teacher.name] = _pack(clean[t], zv, b, v, plan.fmt, plan.num_classes)
+    return labels, records, outputs
+
+
+def _pack(zc: torch.Tensor, zv: torch.Tensor | None, b: int, v: int, fmt: LogitFormat, c: int) -> TeacherChunk:
+    if not fmt.is_topk:
+        dt = torch.float16 if fmt.kind == "fp16" else torch.float32
+        clean = zc.to(dt).cpu().numpy()
+        views = zv.to(dt).cpu().numpy().reshape(b, v, c) if zv is not None else None
+        return TeacherChunk(clean, views)
+    idt = index_dtype(c)
+
+    def compress(z: torch.Tensor, lead: tuple[int, ...]) -> tuple[tuple[np.ndarray, ...], float]:
+        idx, lp, lse = topk_compress(z, fmt.k)
+        kl = 0.0
+        for i in range(0, z.shape[0], KL_BLOCK_ROWS):
+            sl = slice(i, i + KL_BLOCK_ROWS)
+            kl += float(kl_rows(z[sl], topk_dense(idx[sl], lp[sl], lse[sl], c)).sum())
+        arrs = (idx.cpu().numpy().astype(idt).reshape(*lead, fmt.k),
+                lp.cpu().numpy().reshape(*lead, fmt.k), lse.cpu().numpy().reshape(lead))
+        return arrs, kl
+
+    clean, kl_c = compress(zc, (b,))
+    views, kl_v = compress(zv, (b, v)) if zv is not None else (None, 0.0)
+    return TeacherChunk(clean, views, (kl_c, kl_v))
+
+
+# ---- verification ----------------------------------------------------------------------------
+
+def _tolerance(fmt: LogitFormat, compute: dict[str, str]) -> tuple[float, float]:
+    """(atol, rtol) between stored logits and a re-run in other batch shapes."""
+    atol, rtol = 1e-4, 1e-4  # CPU fp32 kernels differ by batch shape in the last bits
+    if compute.get("device") == "cuda":
+        atol, rtol = {"off": (5e-3, 5e-3), "fp16": (5e-2, 2e-2), "bf16": (0.25, 0.05)}[compute.get("amp", "off")]
+    if fmt.kind != "fp32":
+        atol, rtol = atol + 1e-3, rtol + 2e-3  # fp16 storage rounds to 2^-11 relative
+    return atol, rtol
+
+
+@torch.inference_mode()
+def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 0) -> dict[str, Any]:
+    """Re-run the teachers on k random stored samples (clean, and one random view each, replayed
+    from the stored recipe) and compare with the stored logits. Raises LabelenhError on mismatch."""
+    from labelenh.utils import generator
+
+    store = SoftLabelStore.open(path, preload=False)
+    n, v, cs = store.num_samples, store.num_views, int(store.attrs["chunk_size"])
+    g = generator(seed, "verify-rows")
+    samples = torch.randperm(n, generator=g)[: min(k, n)].sort().values
+    atol, rtol = _tolerance(store.format, store.attrs.get("compute") or {})
+    checks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    def fresh(make) -> torch.Tensor:  # [K, M, C]
+        parts = [torch.stack(runner.forward(make(sl), "verification rows"), dim=1).cpu()
+                 for sl in torch.arange(len(samples)).split(cs)]
+        return torch.cat(parts)
+
+    def mask(part: str, views: torch.Tensor | None) -> torch.Tensor | None:
+        # top-k: only the stored classes are exact; compare the logits there
+        if not store.format.is_topk:
+            return None
+        rows = samples.numpy() if views is None else samples.numpy() * v + views.numpy()
+        m = torch.zeros(len(samples), len(store.teachers), store.num_classes, dtype=torch.bool)
+        for t, name in enumerate(store.teachers):
+            idx = store._take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
+            m[:, t].scatter_(1, torch.from_numpy(idx), True)
+        return m
+
+    checks.append((store.clean_logits(samples), fresh(lambda sl: runner.clean_images(samples[sl])),
+                   mask("clean", None)))
+    if v:
+        views = torch.randint(v, (len(samples),), generator=g)
+        rec = store.recipes(samples, views)
+        checks.append((store.view_logits(samples, views), fresh(lambda sl: runner.view_images(rec[sl])),
+                       mask("views", views)))
+    max_diff, worst = 0.0, 0.0
+    for stored, new, m in checks:
+        diff = (stored - new).abs()
+        ratio = diff / (atol + rtol * new.abs())
+        if m is not None:
+            diff, ratio = diff[m], ratio[m]
+        max_diff = max(max_diff, float(diff.max()) if diff.numel() else 0.0)
+        worst = max(worst, float(ratio.max()) if ratio.numel() else 0.0)
+    store.close()
+    report = {"rows": len(samples), "views": bool(v), "max_abs_diff": max_diff,
+              "atol": atol, "rtol": rtol, "ok": worst <= 1.0}
+    if not report["ok"]:
+        raise LabelenhError(
+            f"--verify: stored logits of {path} differ from a re-run of the teachers on {len(samples)} rows "
+            f"(max abs diff {max_diff:.3g}, beyond atol {atol:g} + rtol {rtol:g}): re-export it with --overwrite"
+        )
+    return report
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+
+class _ProgressBar:
+    """A rich progress bar over chunks (samples/s), or nothing."""
+
+    def __init__(self, enabled: bool, plan: StorePlan, done: int) -> None:
+        self.enabled = enabled
+        self.plan = plan
+        self.done = done
+        self._p = None
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(TextColumn("[bold]export[/] chunks"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                               console=Console(stderr=True))
+            self._p.__enter__()
+            self._task = self._p.add_task("export", total=self.plan.num_chunks, completed=self.done, rate="")
+            self._t0, self._n = time.perf_counter(), 0
+        return self
+
+    def advance(self, bounds: tuple[int, int]) -> None:
+        if self._p is None:
+            return
+        self._n += bounds[1] - bounds[0]
+        rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
+        self._p.update(self._task, advance=1, rate=f"{rate:,.0f} samples/s")
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+__all__ = ["ExportResult", "Teacher", "TeacherRunner", "export_soft_labels", "human_bytes",
+           "load_teachers", "plan_export", "teacher_from_model", "verify_rows", "weights_sha256"]

@@ -1,0 +1,178 @@
+"""`store info` (what a store holds, what it costs) and `store verify` (is it sound and does it
+belong to this dataset). Both read incomplete stores too; verify reports them as bad."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from labelenh.errors import LabelenhError
+from labelenh.store.reader import check_structure, logit_format, open_h5, read_root_attrs
+from labelenh.store.schema import TEACHER_JSON_ATTRS, bytes_per_view, decode_attrs
+
+SCAN_BYTES = 64 << 20  # rows read at a time by the NaN/Inf scan
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """A JSON-able summary: schema, sizes, views, format, teachers and their metrics, top-k error."""
+    path = Path(path)
+    with open_h5(path) as f:
+        a = read_root_attrs(f, path)
+        fmt = logit_format(a)
+        n, c, v = int(a["num_samples"]), int(a["num_classes"]), int(a["num_views"])
+        prog = f["progress"][()] if "progress" in f else np.zeros(0)
+        recipe_size = f["views/recipes"].dtype.itemsize if v and "views/recipes" in f else 0
+        teachers = []
+        for name in a["teachers"]:
+            ta = decode_attrs(f[f"teachers/{name}"].attrs, TEACHER_JSON_ATTRS) if f"teachers/{name}" in f else {}
+            teachers.append({
+                "name": name, "model": ta.get("model"), "sha256": ta.get("sha256"),
+                "acc1": _num(ta.get("acc1")), "nll": _num(ta.get("nll")), "ece": _num(ta.get("ece")),
+                "topk_kl_clean": _num(ta.get("topk_kl_clean")), "topk_kl_views": _num(ta.get("topk_kl_views")),
+            })
+    per = bytes_per_view(fmt, c, recipe_size)
+    spec = a.get("view_spec")
+    return {
+        "path": str(path), "size_bytes": path.stat().st_size, "schema": a["schema"],
+        "dataset": a["dataset"], "fingerprint": a["fingerprint"], "num_samples": n,
+        "num_classes": c, "num_views": v,
+        "view_spec": spec, "view_seed": a.get("view_seed") if v else None,
+        "format": str(fmt), "chunk_size": a["chunk_size"],
+        "chunks_done": int(prog.sum()), "num_chunks": int(a["num_chunks"]),
+        "complete": bool(a["complete"]), "created": a.get("created"),
+        "labelenh_version": a.get("labelenh_version"), "git_commit": a.get("git_commit"),
+        "compute": a.get("compute"), "teachers": teachers,
+        "bytes_per_view": {**per, "total": per["per_teacher"] * len(teachers) + per["recipe"]} if v else None,
+        "bytes_per_clean_row": per["per_teacher"] * len(teachers),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Plain-text rendering of `store_info` for the terminal."""
+    from labelenh.store.export import human_bytes
+
+    spec = info["view_spec"]
+    views = "none (clean logits only)"
+    if info["num_views"]:
+        from labelenh.views import ViewSpec
+
+        views = f"{info['num_views']} x {ViewSpec.from_dict(spec).describe()}, seed {info['view_seed']}"
+    lines = [
+        f"store        {info['path']}",
+        f"schema       labelenh.softlabels v{info['schema']}  (labelenh {info['labelenh_version']}, commit {str(info['git_commit'])[:12]}, created {info['created']})",
+        f"dataset      {info['dataset']}  fingerprint {info['fingerprint'][:16]}…",
+        f"samples      N={info['num_samples']}  classes C={info['num_classes']}",
+        f"views        {views}",
+        f"format       {info['format']}  (chunks of {info['chunk_size']} samples, computed on {_compute(info['compute'])})",
+        f"size         {human_bytes(info['size_bytes'])} ({info['size_bytes']:,} bytes) on disk",
+    ]
+    if info["bytes_per_view"]:
+        b = info["bytes_per_view"]
+        lines.append(f"bytes/view   {b['total']} = {b['per_teacher']} per teacher x {len(info['teachers'])} + {b['recipe']} recipe")
+    lines.append(f"complete     {'yes' if info['complete'] else 'NO'} ({info['chunks_done']}/{info['num_chunks']} chunks)")
+    lines.append("teachers")
+    topk = info["format"].startswith("topk")
+    for t in info["teachers"]:
+        row = (f"  {t['name']:<24} {t['model'] or '?':<16} acc1 {_fmt(t['acc1'])}  nll {_fmt(t['nll'])}  "
+               f"ece {_fmt(t['ece'])}  sha256 {str(t['sha256'])[:12]}")
+        if topk:
+            row += f"  top-k KL clean {_fmt(t['topk_kl_clean'], 3)} views {_fmt(t['topk_kl_views'], 3)} nats"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: str) -> dict[str, Any]:
+    """Structure, completeness, fingerprint/N/C/labels against `source`, a NaN/Inf scan of every
+    logit, index ranges. Raises LabelenhError naming every problem on one line."""
+    path = Path(path)
+    problems: list[str] = []
+    with open_h5(path) as f:
+        a = read_root_attrs(f, path)
+        check_structure(f, a, path)  # a damaged layout stops here: nothing else can be trusted
+        n, c, v = int(a["num_samples"]), int(a["num_classes"]), int(a["num_views"])
+        prog = f["progress"][()]
+        if not bool(a["complete"]) or not prog.all():
+            problems.append(f"incomplete ({int(prog.sum())}/{prog.size} chunks; rerun the export to finish it)")
+        fp = source.fingerprint()
+        if fp != a["fingerprint"] or len(source) != n or num_classes != c:
+            problems.append(
+                f"made for {a['dataset']} (fingerprint {a['fingerprint'][:8]}…, N={n}, C={c}) but the dataset is "
+                f"{dataset} (fingerprint {fp[:8]}…, N={len(source)}, C={num_classes}); pass the matching "
+                "--dataset/--val-split/--noise or re-export"
+            )
+        elif prog.size:
+            stored = f["labels"][()]
+            want = source.labels.cpu().numpy()
+            written = np.repeat(prog.astype(bool), int(a["chunk_size"]))[:n]
+            if not np.array_equal(stored[written], want[written]):
+                problems.append("stored labels differ from the dataset's")
+        fmt = logit_format(a)
+        scanned = 0
+        for name in a["teachers"]:
+            for part in ("clean", "views") if v else ("clean",):
+                base = f"teachers/{name}/{part}"
+                arrays = [f"{base}/values", f"{base}/lse"] if fmt.is_topk else [base]
+                for ds_name in arrays:
+                    bad = _scan_nonfinite(f[ds_name])
+                    scanned += f[ds_name].size
+                    if bad:
+                        problems.append(f"/{ds_name} holds {bad} NaN/Inf values")
+                if fmt.is_topk and _scan_max(f[f"{base}/indices"]) >= c:
+                    problems.append(f"/{base}/indices has class ids >= {c}")
+        if v and "partners" in (f["views/recipes"].dtype.names or ()):
+            if _scan_max(f["views/recipes"], "partners") >= n:
+                problems.append(f"/views/recipes names partner samples >= {n}")
+    if problems:
+        raise LabelenhError(f"store {path} failed verification: {'; '.join(problems)}")
+    return {"path": str(path), "ok": True, "num_samples": n, "num_classes": c, "num_views": v,
+            "values_scanned": scanned, "fingerprint": a["fingerprint"]}
+
+
+def _rows_per_read(ds: h5py.Dataset) -> int:
+    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    return max(1, SCAN_BYTES // row)
+
+
+def _scan_nonfinite(ds: h5py.Dataset) -> int:
+    step, bad = _rows_per_read(ds), 0
+    for i in range(0, ds.shape[0], step):
+        bad += int((~np.isfinite(ds[i:i + step])).sum())
+    return bad
+
+
+def _scan_max(ds: h5py.Dataset, field: str | None = None) -> int:
+    step, top = _rows_per_read(ds), -1
+    for i in range(0, ds.shape[0], step):
+        block = ds[i:i + step]
+        block = block[field] if field else block
+        if block.size:
+            top = max(top, int(block.max()))
+    return top
+
+
+def _num(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if digits == 3 else f"{x:.{digits}f}"
+
+
+def _compute(c: Any) -> str:
+    if not isinstance(c, dict):
+        return "?"
+    amp = c.get("amp", "off")
+    return f"{c.get('device', '?')}" + ("" if amp == "off" else f" with {amp} autocast")
+
+
+__all__ = ["format_info", "store_info", "verify_store"]
