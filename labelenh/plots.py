@@ -136,3 +136,79 @@ def reliability_diagram(
 ) -> Path:
     """Reliability diagram (accuracy per confidence bin, gap, ECE) over a confidence histogram."""
     return reliability_grid([(title, logits, labels)], path, n_bins=n_bins)
+
+
+def _colours(names: Sequence[str]) -> dict[str, Any]:
+    """A stable colour per distinct name, in order of first appearance."""
+    from matplotlib import colormaps
+
+    distinct = list(dict.fromkeys(names))
+    cmap = colormaps["tab10" if len(distinct) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(distinct)}
+
+
+def accuracy_ece_scatter(
+    points: Sequence[tuple[str, float, float]],
+    path: str | Path,
+    *,
+    means: Sequence[tuple[str, float, float]] = (),
+    title: str = "",
+) -> Path:
+    """Test Acc@1 against ECE, one dot per (name, acc1, ece) point (fractions), coloured by name;
+    `means` (same form) are drawn as large crosses in their name's colour. Up and left is better."""
+    if not points:
+        raise LabelenhError("accuracy_ece_scatter needs at least one (name, acc1, ece) point")
+    fig = _figure(6.4, 4.8)
+    colour = _colours([p[0] for p in points] + [m[0] for m in means])
+    ax = fig.add_subplot(1, 1, 1)
+    for name in colour:
+        mine = [(a, e) for n, a, e in points if n == name]
+        if mine:
+            acc, ece = np.array(mine).T * 100
+            ax.scatter(ece, acc, s=28, alpha=0.75, color=colour[name], label=name)
+    for name, acc, ece in means:
+        ax.scatter([100 * ece], [100 * acc], s=160, marker="X", color=colour[name],
+                   edgecolor="black", linewidth=0.8, zorder=3)
+    if means:
+        ax.scatter([], [], s=100, marker="X", color="white", edgecolor="black", label="mean")
+    ax.set_xlabel("ECE (%)")
+    ax.set_ylabel("Acc@1 (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def training_curves(
+    panels: Sequence[tuple[str, Sequence[tuple[str, Any, Any, Any]]]],
+    path: str | Path,
+) -> Path:
+    """Side-by-side line plots against the epoch. Each panel is (y label, series); a series is
+    (name, epochs [T], mean [T], std [T] or None), drawn as a line with a ± std band. A name keeps
+    its colour across panels."""
+    if not panels or not any(series for _, series in panels):
+        raise LabelenhError("training_curves needs at least one panel with a series")
+    fig = _figure(5.2 * len(panels), 4.2)
+    colour = _colours([s[0] for _, series in panels for s in series])
+    for i, (ylabel, series) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for name, x, mean, std in series:
+            x, mean = np.asarray(x, dtype=float), np.asarray(mean, dtype=float)
+            ax.plot(x, mean, color=colour[name], linewidth=1.4, label=name,
+                    marker="o" if len(x) < 3 else None, markersize=3)
+            if std is not None:
+                std = np.asarray(std, dtype=float)
+                ax.fill_between(x, mean - std, mean + std, color=colour[name], alpha=0.2, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, frameon=False, loc="best")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

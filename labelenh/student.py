@@ -12,14 +12,21 @@ import torch
 from torch import nn
 
 from labelenh import distributed as dist
-from labelenh.checkpoint import load_teacher, load_weights, read_checkpoint, resolve_checkpoint_path, state_dict_of
+from labelenh.checkpoint import (
+    load_teacher,
+    load_weights,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    state_dict_of,
+)
 from labelenh.engine import Batch, Engine, TrainConfig
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodInputs, build_method
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.store.dataset import StoreBatches
 from labelenh.teach import DataSettings, _write_reliability, dataset_record, default_run_name
-from labelenh.utils import derive_seed, generator, resolve_device
+from labelenh.utils import derive_seed, resolve_device
 from labelenh.views import ViewSpec
 
 MIXING_OPS = ("crop-flip", "mixup", "cutmix", "ricap")
@@ -48,50 +55,37 @@ class StudentSettings:
 
 
 class StudentTask:
-    """Builds each batch's images and method inputs. Per epoch, each sample gets one of the
-    store's views, drawn from (seed, epoch, sample) alone, so resume and DDP replay exactly."""
+    """Builds each batch's images and method inputs with `StoreBatches` (the same path users
+    get from `labelenh.store`). Under --aug each sample shows one of the store's views per
+    epoch, chosen from (seed, epoch, sample) alone (`epoch_views`), so resume and DDP replay
+    exactly; without --aug it shows a fresh crop/flip view with the clean-sample logits."""
 
     def __init__(self, pipe: ImagePipeline, method: Method, settings: StudentSettings, store: Any,
                  teacher_ids: list[str] | None, online: list[nn.Module]) -> None:
         self.pipe, self.method, self.s = pipe, method, settings
         self.store, self.teacher_ids, self.online = store, teacher_ids, online
         self.seed = settings.train.seed
-        self.epochs = settings.train.epochs
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
         self.uses_store = method.teacher == "store"
-        self.store_views = store is not None and settings.aug is not None and settings.aug != "none"
-        if not self.store_views:
-            # Fresh views every epoch: crop/flip by default (targets of the clean sample), or a
-            # mixing op for the hard-label baselines trained without a store.
-            op = settings.aug if settings.aug not in (None, "none") else "crop-flip"
-            self.spec = ViewSpec(op=op)
-            self.view_seed = derive_seed(self.seed, "student-views")
+        aug = settings.aug not in (None, "none")
+        self.store_views = store is not None and aug
+        # Views drawn on the fly when not replaying the store's: crop/flip by default, no
+        # augmentation for --aug none, or a mixing op for the hard-label methods without a store.
+        op = "crop-flip" if settings.aug is None else settings.aug
+        spec = None if self.store_views else ViewSpec(op=op, pad=pipe.bundle.crop_pad)
+        self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
+                                    seed=self.seed, spec=spec, logits=self.uses_store,
+                                    num_classes=pipe.bundle.num_classes, device=pipe.device)
 
-    def _teacher_logits(self, idx: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        if views is None:
-            return self.store.clean_logits(idx, self.teacher_ids)
-        return self.store.view_logits(idx, views, self.teacher_ids)
+    def epoch_views(self, epoch: int) -> torch.Tensor | None:
+        """int64 [N]: the store view every sample shows in `epoch` (None without --aug)."""
+        return self.batches.views(torch.arange(self.pipe.num_train), epoch)
 
     def train_batches(self, epoch: int):
-        labels = self.pipe.train.labels
-        if self.store_views:
-            n, v = self.pipe.num_train, self.store.num_views
-            # [N] the view each sample shows this epoch
-            choice = torch.randint(v, (n,), generator=generator(self.seed, "view-choice", epoch))
         for idx in self.pipe.epoch_batches(epoch):
-            views = None
-            if self.store_views:
-                views = choice[idx]
-                rec = self.store.recipes(idx, views)
-            else:
-                rec = self.pipe.views_for(idx, self.spec, self.view_seed, view=epoch, num_views=self.epochs)
-            x, hard = self.pipe.apply(rec)
-            y = labels[idx.to(labels.device)].to(x.device)
-            t = None
-            if self.uses_store:
-                t = self._teacher_logits(idx, views).to(x.device)
-            yield Batch(x=x, labels=y, inputs=MethodInputs(labels=y, hard=hard, teacher_logits=t))
+            x, inp = self.batches.batch(idx, epoch)  # x float 0..255 [B, C, H, W] on the device
+            yield Batch(x=self.pipe.normalize(x), labels=inp.labels, inputs=inp)
 
     def loss(self, model: nn.Module, batch: Batch):
         inp: MethodInputs = batch.inputs
@@ -119,6 +113,9 @@ class StudentTask:
 def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=print) -> tuple[Any, list[str] | None]:
     """Open and check the store against the method, the dataset, --aug and --teachers."""
     needs = method.teacher == "store"
+    if s.store is None and s.aug not in (None, "none") and needs:
+        raise LabelenhError(f"--aug {s.aug} with method {method.name!r} trains on a store's views: pass "
+                            f"--store STORE.h5 exported with --aug {s.aug} --views N")
     if s.store is None:
         if needs:
             raise LabelenhError(f"method {method.name!r} reads soft labels: pass --store STORE.h5 "
@@ -149,8 +146,12 @@ def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=pri
     return store, ids
 
 
-def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
-    device = dist.init_from_env(resolve_device(s.device))
+def build_task(s: StudentSettings, device: torch.device | None = None, warn=None) -> StudentTask:
+    """Check the settings against the method, the dataset and the store, and build the task
+    (everything but the model and the engine). Bad input raises LabelenhError before any file
+    is written."""
+    device = device if device is not None else resolve_device(s.device)
+    warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
     s.train.validate()
     if s.method not in METHODS:
         raise LabelenhError(f"--method {s.method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
@@ -164,13 +165,16 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
         raise LabelenhError(f"--teacher is for online methods (kd); {s.method!r} reads teachers from --store")
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
                          eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
-    if method.teacher == "store" or s.store is not None:
-        store, ids = open_store(s, method, pipe, warn=lambda m: print(m, file=sys.stderr))
-    else:
-        store, ids = None, None
-        if s.aug not in (None, "none") and s.teachers:
-            raise LabelenhError("--teachers selects teachers inside a store: pass --store too")
+    store, ids = open_store(s, method, pipe, warn=warn)
     online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
+    return StudentTask(pipe, method, s, store, ids, online)
+
+
+def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
+    """Train one student into `runs_dir/name`; returns the run summary."""
+    device = dist.init_from_env(resolve_device(s.device))
+    task = build_task(s, device)
+    bundle, method, store = task.pipe.bundle, task.method, task.store
     name = s.name or default_run_name(f"student-{s.method}", s.model, s.data.dataset, s.train.seed)
     run_dir = Path(s.runs_dir) / name
     if (run_dir / "checkpoint.pt").exists() and not resume:
@@ -182,11 +186,16 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
         path = resolve_checkpoint_path(s.init)
         load_weights(model, state_dict_of(read_checkpoint(path)),
                      what=f"{s.model} with {bundle.num_classes} classes", source=path)
-    task = StudentTask(pipe, method, s, store, ids, online)
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle), "method": method.describe()}
     cfg = s.run_config()
     cfg["method_params"] = method.describe()["params"]
+    if store is not None:  # what the store held, so a resume against another store is refused
+        sha = {r.name: r.sha256 for r in store.teacher_records()}
+        cfg["store_record"] = {"fingerprint": store.fingerprint,
+                               "teachers": {t: sha.get(t, "") for t in task.teacher_ids or store.teachers},
+                               "num_views": store.num_views, "view_seed": store.view_seed,
+                               "view_spec": store.view_spec.to_dict() if store.view_spec else None}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end)
     result = engine.fit(resume=resume)

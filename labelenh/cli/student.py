@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,22 +27,22 @@ def _method_help() -> str:
 
 
 def student(
-    method: Annotated[Optional[str], typer.Option("--method", help=f"Target method: {_method_help()}", rich_help_panel=H_M)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Student model (see `labelenh teach --help`).")] = None,
-    store: Annotated[Optional[Path], typer.Option("--store", help="Soft-label store from `labelenh export-soft-labels`.", rich_help_panel=H_M)] = None,
-    aug: Annotated[Optional[str], typer.Option("--aug", help="Train on the store's views: mixup | cutmix | ricap | crop-flip (Aug- methods). Without --store, sample such views on the fly for the hard-label methods.", rich_help_panel=H_M)] = None,
-    teachers: Annotated[Optional[str], typer.Option("--teachers", help="Comma-separated teacher names inside the store (default: all; several = an ensemble).", rich_help_panel=H_M)] = None,
-    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", help="Online teacher run/checkpoint for `kd` (repeat for an ensemble).", rich_help_panel=H_M)] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Teacher softmax temperature T.", rich_help_panel=H_M)] = None,
-    alpha: Annotated[Optional[float], typer.Option("--alpha", help="ls: smoothing mass; kd/kd-sl: weight of the hard-label CE.", rich_help_panel=H_M)] = None,
-    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="ils: smoothing mass.", rich_help_panel=H_M)] = None,
-    smooth_rate: Annotated[Optional[float], typer.Option("--smooth-rate", help="gls: smooth rate r (negative = NLS).", rich_help_panel=H_M)] = None,
-    wa: Annotated[Optional[float], typer.Option("--wa", help="gls: weight of plain CE.", rich_help_panel=H_M)] = None,
-    wb: Annotated[Optional[float], typer.Option("--wb", help="gls: weight of the GLS term.", rich_help_panel=H_M)] = None,
-    ensemble: Annotated[Optional[str], typer.Option("--ensemble", help="prob-mean | logit-mean", rich_help_panel=H_M)] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="Any method parameter as KEY=VALUE (repeatable).", rich_help_panel=H_M)] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Initialise the student from this run/checkpoint (e.g. GLS after a CE warm-up).")] = None,
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A TOML file of these settings; flags override it.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help=f"Target method: {_method_help()}", rich_help_panel=H_M)] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Student model (see `labelenh teach --help`).")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="Soft-label store from `labelenh export-soft-labels`.", rich_help_panel=H_M)] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help="Train on the store's views: mixup | cutmix | ricap | crop-flip (Aug- methods); their stored logits replace the mixed label. Default: fresh crop/flip views with the clean-sample logits; none: no augmentation. Without --store, the methods that need no teacher draw such views on the fly.", rich_help_panel=H_M)] = None,
+    teachers: Annotated[str | None, typer.Option("--teachers", help="Comma-separated teacher names inside the store (default: all; several = an ensemble).", rich_help_panel=H_M)] = None,
+    teacher: Annotated[list[str] | None, typer.Option("--teacher", help="Online teacher run/checkpoint for `kd` (repeat for an ensemble).", rich_help_panel=H_M)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Teacher softmax temperature T.", rich_help_panel=H_M)] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="ls: smoothing mass; kd/kd-sl: weight of the hard-label CE.", rich_help_panel=H_M)] = None,
+    epsilon: Annotated[float | None, typer.Option("--epsilon", help="ils: smoothing mass.", rich_help_panel=H_M)] = None,
+    smooth_rate: Annotated[float | None, typer.Option("--smooth-rate", help="gls: smooth rate r (negative = NLS).", rich_help_panel=H_M)] = None,
+    wa: Annotated[float | None, typer.Option("--wa", help="gls: weight of plain CE.", rich_help_panel=H_M)] = None,
+    wb: Annotated[float | None, typer.Option("--wb", help="gls: weight of the GLS term.", rich_help_panel=H_M)] = None,
+    ensemble: Annotated[str | None, typer.Option("--ensemble", help="prob-mean | logit-mean", rich_help_panel=H_M)] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Any method parameter as KEY=VALUE (repeatable).", rich_help_panel=H_M)] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="Initialise the student from this run/checkpoint (e.g. GLS after a CE warm-up).")] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings; flags override it.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
@@ -72,15 +72,23 @@ def student(
     params = dict(rec.get("params") or {})
     given = dict(temperature=temperature, alpha=alpha, epsilon=epsilon, smooth_rate=smooth_rate,
                  wa=wa, wb=wb, ensemble=ensemble)
+    method_name = v.get("method", "vanilla")
+    from labelenh.methods import METHODS
+
     for flag, value in given.items():
-        if value is not None:
-            params[PARAM_FLAGS[flag]] = value
+        if value is None:
+            continue
+        key = PARAM_FLAGS[flag]
+        known = METHODS[method_name].params if method_name in METHODS else None
+        if known is not None and key not in known:
+            raise LabelenhError(f"--{flag.replace('_', '-')} does not apply to method {method_name!r} "
+                                f"(its parameters: {', '.join(known) or 'none'})")
+        params[key] = value
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise LabelenhError(f"--param {item!r}: write it as KEY=VALUE, e.g. --param kl_reduction=batchmean")
         params[key.strip()] = value.strip()
-    method_name = v.get("method", "vanilla")
     s = StudentSettings(
         model=v.get("model", "resnet20"), method=method_name, params=params, store=v.get("store"),
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from labelenh.errors import LabelenhError
+from labelenh.student import MIXING_OPS  # a student with one of these --aug is "aug-<method>"
 
 METRICS = ("acc1", "nll", "ece", "brier")
 EPOCHS = ("last", "best")
-# Augmentations that make a student train on (stored or sampled) views: its row is "aug-<method>".
-MIXING_OPS = ("crop-flip", "mixup", "cutmix", "ricap")
 TEACHER_STAGES = ("teach", "import")
 
 

@@ -97,7 +97,7 @@ def _settings(rows: list[Row]) -> None:
         flats = [_comparable(r.runs[0].config) for r in same]
         keys = sorted(set().union(*flats))
         differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
-        for r, f in zip(same, flats):
+        for r, f in zip(same, flats, strict=True):
             r.settings = ", ".join(
                 f"{k.removeprefix('method_params.')}={json.dumps(f.get(k), separators=(',', ':'))}"
                 for k in differ

@@ -6,6 +6,7 @@
 Layout and attributes: labelenh.store.schema.
 """
 
+from labelenh.store.dataset import StoreBatches, StoreDataset, collate, epoch_views  # noqa: F401
 from labelenh.store.export import (
     ExportResult,
     Teacher,

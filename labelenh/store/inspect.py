@@ -100,7 +100,7 @@ def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: st
         fp = source.fingerprint()
         if fp != a["fingerprint"] or len(source) != n or num_classes != c:
             problems.append(
-                f"made for {a['dataset']} (fingerprint {a['fingerprint'][:8]}…, N={n}, C={c}) but the dataset is "
+                f"it was made for {a['dataset']} (fingerprint {a['fingerprint'][:8]}…, N={n}, C={c}) but the dataset is "
                 f"{dataset} (fingerprint {fp[:8]}…, N={len(source)}, C={num_classes}); pass the matching "
                 "--dataset/--val-split/--noise or re-export"
             )

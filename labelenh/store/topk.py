@@ -41,9 +41,9 @@ def topk_dense(
     rest = (1.0 - lp.exp().sum(dim=-1)).clamp_min(0.0)  # [R] probability outside the top k
     fill = torch.log(rest / (num_classes - k)).clamp(min=LOG_MIN_REST)  # [R]
     fill = torch.minimum(fill, lp.min(dim=-1).values)  # never above a stored class
-    out = fill[:, None].expand(r, num_classes).clone()
-    out.scatter_(1, idx, lp)
-    return out + lse[:, None]
+    out = (fill + lse)[:, None].expand(r, num_classes).clone()  # one pass over [R, C]
+    out.scatter_(1, idx, lp + lse[:, None])
+    return out
 
 
 def kl_rows(dense: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:

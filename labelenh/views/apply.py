@@ -28,61 +28,59 @@ class _Source(Protocol):
 
 
 class _Rows:
-    """All source rows in one flat uint8 buffer, readable as W-wide windows at any offset.
+    """Every source row, zero-padded by `pad` on both sides, in one flat uint8 buffer that is
+    read as W-wide windows at any offset.
 
-    buf [R, L]: R = 1 (plain) or 2 (plain, every row reversed); each half holds the sources
-    [B, S, C, H, W] flattened, with W spare bytes before and after so that a window starting
-    up to W before the first row or ending W after the last stays inside the buffer.
+    buf [R, L]: R = 1 (plain) or 2 (plain, then every padded row reversed, for flips). Each half
+    is [zeros (3W + 2p) | rows of width W + 2p | zeros (W)], so any window of a view pixel that
+    lies in the crop padding reads a zero, and a row outside the image reads the leading zeros:
+    no masks are needed. Windows of unused pixels (outside a RICAP patch) may read anything.
     """
 
-    def __init__(self, sources: torch.Tensor, need_flip: bool) -> None:
+    def __init__(self, sources: torch.Tensor, pad: int, need_flip: bool) -> None:
         B, S, C, H, W = sources.shape
+        p = self.pad = pad
         self.shape = (B, S, C, H, W)
-        n = sources.numel()
-        self.margin = W
-        buf = sources.new_empty((2 if need_flip else 1, n + 2 * W))
-        buf[:, :W] = 0
-        buf[:, W + n :] = 0
-        buf[0, W : W + n] = sources.reshape(-1)
+        self.wp = wp = W + 2 * p  # padded row width
+        self.front = front = 3 * W + 2 * p  # zeros before the first row
+        nrows = B * S * C * H
+        half = front + nrows * wp + W
+        buf = torch.zeros((2 if need_flip else 1, half), dtype=torch.uint8, device=sources.device)
+        rows = sources.reshape(nrows, W)
+        buf[0, front : front + nrows * wp].view(nrows, wp)[:, p : p + W] = rows
         if need_flip:
-            buf[1, W : W + n].view(-1, W).copy_(sources.reshape(-1, W).flip(-1))
-        self.half = buf.shape[1]
+            buf[1, front : front + nrows * wp].view(nrows, wp)[:, p : p + W] = rows.flip(-1)
+        self.half = half
         # overlapping view: window i = buf.flat[i : i + W]
         self.windows = buf.view(-1).as_strided((buf.numel() - W + 1, W), (1, 1))
 
     def read(self, r: Recipes, k: torch.Tensor, u: torch.Tensor, vshift: torch.Tensor):
-        """Read view rows: output row (b, c, y) comes from view-frame row u[b, y] of source
+        """uint8 [B, C, H, W]: output row (b, c, y) comes from view-frame row u[b, y] of source
         k[b, y] (after that source's crop/flip), output column x from view-frame column
-        x + vshift[b, y]. k, u, vshift: int64 [B, H].
-
-        Returns rows uint8 [B, C, H, W] and valid bool [B, H, W] (False in the crop padding,
-        where the rows hold arbitrary bytes).
+        x + vshift[b, y]. k, u, vshift: int64 [B, H]. Pixels in the crop padding are 0.
         """
         B, S, C, H, W = self.shape
         dev = k.device
         dy = torch.gather(r.crop[:, :, 0], 1, k)  # [B, H]
         dx = torch.gather(r.crop[:, :, 1], 1, k)
         fl = torch.gather(r.flip, 1, k)
-        raw_row = u + dy  # crop window starts dy rows below the image top
-        row_ok = (raw_row >= 0) & (raw_row < H)
-        # raw column of output x: x + shift in the plain rows, or in the reversed rows when
-        # flipped (flip is applied to the cropped window: col = W-1-(x+vshift) + dx)
-        shift = vshift + torch.where(fl, -dx, dx)  # [B, H]
-        img = torch.arange(B, device=dev).view(B, 1) * S + k  # [B, H] source image id
-        start = (self.margin + img * (C * H * W) + raw_row.clamp(0, H - 1) * W
-                 + shift.clamp(-W, W) + fl.to(torch.int64) * self.half)  # |shift| >= W: all invalid
-        starts = start.view(B, 1, H) + torch.arange(C, device=dev).view(1, C, 1) * (H * W)
-        rows = self.windows.index_select(0, starts.reshape(-1)).view(B, C, H, W)
-        x = torch.arange(W, device=dev).view(1, 1, W)
-        lo = (-shift).view(B, H, 1)
-        valid = (x >= lo) & (x < lo + W) & row_ok.view(B, H, 1)  # [B, H, W]
-        return rows, valid
+        raw_row = u + dy  # the crop window starts dy rows below the image top
+        # output x reads padded column p + x + shift, in the reversed rows when flipped
+        # (the flip is applied to the cropped window: raw col = W-1-(x+vshift) + dx)
+        shift = (vshift + torch.where(fl, -dx, dx)).clamp(-W - self.pad, W + self.pad)
+        img = torch.arange(B, device=dev).view(B, 1, 1) * S + k.view(B, 1, H)  # source image id
+        chan = torch.arange(C, device=dev).view(1, C, 1)
+        row = (img * C + chan) * H + raw_row.clamp(0, H - 1).view(B, 1, H)  # [B, C, H]
+        inside = ((raw_row >= 0) & (raw_row < H)).view(B, 1, H)
+        row_start = torch.where(inside, self.front + row * self.wp, W)  # else: the zero row
+        start = row_start + (self.pad + shift + fl.to(torch.int64) * self.half).view(B, 1, H)
+        return self.windows.index_select(0, start.reshape(-1)).view(B, C, H, W)
 
 
-def _masked(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """rows uint8 [B, C, H, W] * mask bool [B, H, W], in place."""
-    B, _, H, W = rows.shape
-    return rows.mul_(mask.view(B, 1, H, W).to(torch.uint8))
+def _select(a: torch.Tensor, b: torch.Tensor, take_b: torch.Tensor) -> torch.Tensor:
+    """uint8: b where take_b else a (both overwritten). take_b broadcasts to a's shape. Exact in
+    uint8's modulo-256 arithmetic, and much faster than torch.where on uint8 on CPU."""
+    return a.add_(b.sub_(a).mul_(take_b.to(torch.uint8)))
 
 
 def _render(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
@@ -92,24 +90,25 @@ def _render(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
     if op == "none":
         return sources[:, 0].to(torch.float32)
     dev = sources.device
-    rows = _Rows(sources, need_flip=bool(r.flip.any()))
+    pad = int(r.crop.abs().max()) if r.crop.numel() else 0  # = spec.pad unless hand-made
+    rows = _Rows(sources, pad, need_flip=bool(r.flip.any()))
     yy = torch.arange(H, device=dev).view(1, H).expand(B, H)  # [B, H]
     zero = torch.zeros(B, H, dtype=torch.int64, device=dev)
     if op == "crop-flip":
-        a, va = rows.read(r, zero, yy, zero)
-        return _masked(a, va).to(torch.float32)
+        return rows.read(r, zero, yy, zero).to(torch.float32)
     if op in ("mixup", "cutmix"):
-        a, va = rows.read(r, zero, yy, zero)  # the sample's own base view
-        b, vb = rows.read(r, zero + 1, yy, zero)  # the partner's base view
+        a = rows.read(r, zero, yy, zero)  # the sample's own base view
+        b = rows.read(r, zero + 1, yy, zero)  # the partner's base view
         if op == "mixup":
             lam = r.lam.view(B, 1, 1, 1)
-            xa = _masked(a, va).to(torch.float32) * lam  # materialised one by one:
-            xb = _masked(b, vb).to(torch.float32) * (1.0 - lam)  # no fused multiply-add
-            return xa + xb
-        y0, y1, x0, x1 = (r.box[:, i].view(B, 1, 1) for i in range(4))
-        xx = torch.arange(W, device=dev).view(1, 1, W)
-        inside = (yy.view(B, H, 1) >= y0) & (yy.view(B, H, 1) < y1) & (xx >= x0) & (xx < x1)
-        return (_masked(a, va & ~inside) + _masked(b, vb & inside)).to(torch.float32)
+            xa = a.to(torch.float32).mul_(lam)  # materialised one by one:
+            xb = b.to(torch.float32).mul_(1.0 - lam)  # no fused multiply-add
+            return xa.add_(xb)
+        y0, y1, x0, x1 = (r.box[:, i].view(B, 1, 1, 1) for i in range(4))
+        ys = torch.arange(H, device=dev).view(1, 1, H, 1)
+        xs = torch.arange(W, device=dev).view(1, 1, 1, W)
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)  # [B, 1, H, W]
+        return _select(a, b, inside).to(torch.float32)
     # ricap: row y takes its left patch from source 0 (top) or 2 (bottom), its right patch from
     # source 1 or 3; patch k shows source k's view frame from offset (oy_k, ox_k)
     w = r.ricap_wh[:, 0].view(B, 1)
@@ -119,11 +118,11 @@ def _render(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
     k_right = k_left + 1
     oy, ox = r.ricap_off[:, :, 0], r.ricap_off[:, :, 1]  # [B, 4]
     y_in = yy - bottom * h  # row inside the patch
-    a, va = rows.read(r, k_left, torch.gather(oy, 1, k_left) + y_in, torch.gather(ox, 1, k_left))
-    b, vb = rows.read(r, k_right, torch.gather(oy, 1, k_right) + y_in,
-                      torch.gather(ox, 1, k_right) - w)
-    right = torch.arange(W, device=dev).view(1, 1, W) >= w.view(B, 1, 1)  # [B, 1, W]
-    return (_masked(a, va & ~right) + _masked(b, vb & right)).to(torch.float32)
+    a = rows.read(r, k_left, torch.gather(oy, 1, k_left) + y_in, torch.gather(ox, 1, k_left))
+    b = rows.read(r, k_right, torch.gather(oy, 1, k_right) + y_in,
+                  torch.gather(ox, 1, k_right) - w)
+    right = torch.arange(W, device=dev).view(1, 1, 1, W) >= w.view(B, 1, 1, 1)  # [B, 1, 1, W]
+    return _select(a, b, right).to(torch.float32)
 
 
 def _label_weights(r: Recipes, source_labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""`labelenh export-soft-labels`: teachers -> HDF5 soft-label store (stage one, part two)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labelenh.cli import common as c
+from labelenh.errors import LabelenhError
+
+H_VIEWS = "Views"
+H_STORE = "Store"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-soft-labels")(export_soft_labels_cmd)
+
+
+def export_soft_labels_cmd(
+    teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat for an ensemble (each teacher is stored separately).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The store to write, e.g. store.h5.", rich_help_panel=H_STORE)],
+    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
+    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    aug: Annotated[str | None, typer.Option("--aug", help="View augmentation: crop-flip | mixup | cutmix | ricap | none.", rich_help_panel=H_VIEWS)] = None,
+    views: Annotated[int, typer.Option("--views", help="Views per sample (needs --aug); 0 = clean logits only.", rich_help_panel=H_VIEWS)] = 0,
+    view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the view recipes.", rich_help_panel=H_VIEWS)] = 0,
+    pad: Annotated[int | None, typer.Option("--pad", help="Random-crop padding (default: the dataset's, 4 for 32x32).", rich_help_panel=H_VIEWS)] = None,
+    mixup_alpha: Annotated[float | None, typer.Option("--mixup-alpha", rich_help_panel=H_VIEWS)] = None,
+    cutmix_beta: Annotated[float | None, typer.Option("--cutmix-beta", rich_help_panel=H_VIEWS)] = None,
+    ricap_beta: Annotated[float | None, typer.Option("--ricap-beta", rich_help_panel=H_VIEWS)] = None,
+    mix_prob: Annotated[float | None, typer.Option("--mix-prob", help="Probability that a mix view mixes at all.", rich_help_panel=H_VIEWS)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="fp16 | fp32 | topk:K (K fp16 log-probs + indices + the row's logsumexp).", rich_help_panel=H_STORE)] = "fp16",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk. Part of the store: forward batches are cut at fixed places so resumes never change the bytes.", rich_help_panel=H_STORE)] = 256,
+    model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
+    device: c.Device = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="auto (fp16 on CUDA) | off | fp16 | bf16; ignored on CPU.", rich_help_panel=c.H_RUN)] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if --out holds a store (finished or not).", rich_help_panel=H_STORE)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the store's final size and write nothing.", rich_help_panel=H_STORE)] = False,
+    verify: Annotated[int, typer.Option("--verify", help="After the export, re-run the teachers on this many random stored rows and compare.", rich_help_panel=H_STORE)] = 0,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).", rich_help_panel=c.H_RUN)] = None,
+) -> None:
+    """Run teachers over the train split (clean + replayable views) into an HDF5 soft-label store.
+
+    An interrupted export resumes when rerun with the same arguments."""
+    from labelenh.data import load_dataset
+    from labelenh.store.export import export_soft_labels, human_bytes, load_teachers
+    from labelenh.utils import resolve_device
+    from labelenh.views import ViewSpec
+
+    if dataset is None:
+        raise LabelenhError("--dataset is required: the train split the teachers label (e.g. cifar10, npz:PATH)")
+    c.check_val_split(val_split)
+    if views < 0:
+        raise LabelenhError(f"--views must be >= 0, got {views}")
+    if aug is not None and views == 0:
+        raise LabelenhError(f"--aug {aug} needs --views N (views per sample), e.g. --views 32")
+    if views and aug is None:
+        raise LabelenhError(f"--views {views} needs --aug crop-flip|mixup|cutmix|ricap")
+    if batch_size < 1:
+        raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
+    if verify < 0:
+        raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
+    dev = resolve_device(device)
+    bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
+                          noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
+                          image_size=image_size)
+    spec = None
+    if views:
+        spec = ViewSpec.parse(aug, pad=bundle.crop_pad if pad is None else pad, mixup_alpha=mixup_alpha,
+                              cutmix_beta=cutmix_beta, ricap_beta=ricap_beta, mix_prob=mix_prob)
+    teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
+    meta = {"options": {"val_split": val_split or 0.0, "split_seed": split_seed or 0, "noise": noise,
+                        "noisy_labels": noisy_labels, "noise_seed": noise_seed or 0, "image_size": image_size},
+            **bundle.meta}
+    res = export_soft_labels(
+        out, teachers, bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
+        mean=bundle.mean, std=bundle.std, num_views=views, spec=spec, view_seed=view_seed, fmt=fmt,
+        chunk_size=batch_size, device=dev, amp=amp, overwrite=overwrite, dry_run=dry_run, verify=verify,
+        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta,
+    )
+    p = res.plan
+    what = (f"N={p.num_samples} x (clean + {p.num_views} views) x {len(p.teachers)} teacher(s), "
+            f"C={p.num_classes}, {p.fmt}")
+    if res.dry_run:
+        print(f"dry run: {out} would take {human_bytes(res.size_bytes)} ({res.size_bytes:,} bytes) for {what}; nothing written")
+        return
+    if res.already_complete:
+        print(f"{out} is already complete ({human_bytes(res.size_bytes)}); nothing to do (--overwrite starts over)")
+    else:
+        resumed = f", resumed after {res.chunks_resumed} of {res.chunks_total} chunks" if res.chunks_resumed else ""
+        done = res.chunks_written
+        print(f"wrote {out}: {human_bytes(res.size_bytes)} ({res.size_bytes:,} bytes) for {what} "
+              f"in {res.seconds:.1f} s ({done} chunks{resumed})")
+    if res.verify is not None:
+        v = res.verify
+        print(f"verify: {v['rows']} rows re-run (clean{' + views' if v['views'] else ''}), "
+              f"max abs diff {v['max_abs_diff']:.3g} within atol {v['atol']:g} + rtol {v['rtol']:g}: OK")

@@ -1,0 +1,129 @@
+"""The report's figures: accuracy against ECE, training curves, reliability diagrams per row."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelenh.report.runs import RunRecord
+from labelenh.report.table import Row
+
+
+def scatter(rows: list[Row], path: Path) -> Path | None:
+    """One dot per run (last-epoch test Acc@1 vs ECE) coloured by method, a cross per row mean."""
+    from labelenh.plots import accuracy_ece_scatter
+
+    points = [(r.method, a, e) for row in rows for r in row.runs
+              if (a := r.metric("last", "acc1")) is not None and (e := r.metric("last", "ece")) is not None]
+    means = [(row.method, row.stat("last", "acc1").mean, row.stat("last", "ece").mean) for row in rows
+             if row.stat("last", "acc1").n and row.stat("last", "ece").n]
+    if not points:
+        return None
+    return accuracy_ece_scatter(points, path, means=means, title="last epoch, test split")
+
+
+def _mean_curve(histories: list[list[dict[str, Any]]], value) -> tuple | None:
+    """(epochs, mean, std or None) over the runs that logged a value at each epoch."""
+    per_epoch: dict[int, list[float]] = {}
+    for hist in histories:
+        for rec in hist:
+            v = value(rec)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                per_epoch.setdefault(rec["epoch"], []).append(float(v))
+    if not per_epoch:
+        return None
+    epochs = sorted(per_epoch)
+    mean = np.array([np.mean(per_epoch[e]) for e in epochs])
+    std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else np.nan for e in epochs])
+    return np.array(epochs), mean, (None if np.isnan(std).all() else std)
+
+
+def _test_acc_percent(rec: dict[str, Any]) -> float | None:
+    v = (rec.get("test") or {}).get("acc1")
+    return 100 * v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
+    """Test Acc@1 and train loss against the epoch, one line per row (mean ± std over seeds)."""
+    from labelenh.plots import training_curves
+
+    acc, loss = [], []
+    for row in rows:
+        histories = []
+        for run in row.runs:
+            hist, bad = run.history()
+            if bad:
+                notes.append(f"{run.path / 'metrics.jsonl'}: skipped {bad} unreadable line(s)")
+            histories.append(hist)
+        test = _mean_curve(histories, _test_acc_percent)
+        train = _mean_curve(histories, lambda r: r.get("train_loss"))
+        if test is not None:
+            acc.append((row.label(), *test))
+        if train is not None:
+            loss.append((row.label(), *train))
+    if not acc and not loss:
+        return None
+    return training_curves([("test Acc@1 (%)", acc), ("train loss", loss)], path)
+
+
+def _data_settings(data: dict[str, Any]):
+    from labelenh.teach import DataSettings
+
+    known = {f.name for f in fields(DataSettings)}
+    return DataSettings(**{k: v for k, v in data.items() if k in known})
+
+
+def checkpoint_predictions(run: RunRecord, device: Any = "cpu", bundles: dict[str, Any] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, C] and labels [N] of the run's last checkpoint on its test split, with the data
+    rebuilt from the run's config. `bundles` caches datasets across runs by data config."""
+    from labelenh.checkpoint import load_teacher
+    from labelenh.engine import predict
+    from labelenh.errors import LabelenhError
+    from labelenh.pipeline import ImagePipeline
+    from labelenh.utils import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    ckpt = run.path / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise LabelenhError(f"{ckpt} is missing: the run folder is incomplete")
+    data = run.config.get("data") or {}
+    key = json.dumps(data, sort_keys=True, default=str)
+    bundles = {} if bundles is None else bundles
+    if key not in bundles:
+        bundles[key] = _data_settings(data).load()
+    bundle = bundles[key]
+    model, _ = load_teacher(ckpt, dev, num_classes=bundle.num_classes)
+    eval_bs = int((run.config.get("train") or {}).get("eval_batch_size") or 500)
+    pipe = ImagePipeline(bundle, dev, batch_size=eval_bs, eval_batch_size=eval_bs)
+    return predict(model, pipe.eval_batches("test"), device=dev)
+
+
+def diagrams(rows: list[Row], path: Path, notes: list[str], *, device: str = "auto",
+             n_bins: int = 15) -> Path | None:
+    """Reliability diagrams side by side, one per row, from the last checkpoint of the row's
+    first seed, recomputed on its test split (the dataset must be available here)."""
+    from labelenh.errors import LabelenhError
+    from labelenh.plots import reliability_grid
+    from labelenh.utils import resolve_device
+
+    dev = resolve_device(device)
+    bundles: dict[str, Any] = {}  # one load per distinct data config
+    panels = []
+    for row in rows:
+        run = row.runs[0]
+        try:
+            logits, labels = checkpoint_predictions(run, dev, bundles)
+        except LabelenhError as e:
+            notes.append(f"no reliability diagram for {row.label()}: {e}")
+            continue
+        seed = "" if run.seed is None else f", seed {run.seed}"
+        panels.append((f"{row.label()}{seed}", logits, labels))
+    if not panels:
+        return None
+    return reliability_grid(panels, path, n_bins=n_bins)
