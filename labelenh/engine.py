@@ -245,12 +245,7 @@ class Engine:
         if not path.is_file():
             raise LabelenhError(f"--resume: {path} does not exist; start without --resume")
         ck = read_checkpoint(path)
-        old = ck.get("config", {})
-        diffs = [
-            k
-            for k in sorted(set(old) | set(self.run_config))
-            if k not in ("epochs", "resume", "progress") and old.get(k) != self.run_config.get(k)
-        ]
+        diffs = _config_diffs(ck.get("config", {}), self.run_config)
         if diffs:
             raise LabelenhError(
                 f"--resume: run {self.run_dir} was started with different settings ({', '.join(diffs[:4])}); "
@@ -405,6 +400,23 @@ class Engine:
             "config": self.run_config,
             "env": environment(),
         }
+
+
+# Settings a resumed run may change: more epochs (the schedule is recomputed from them).
+RESUMABLE_KEYS = {"epochs"}
+
+
+def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if k in RESUMABLE_KEYS:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diffs(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix + k)
+    return out
 
 
 class _Bar:

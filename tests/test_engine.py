@@ -142,3 +142,16 @@ def test_early_stopping_on_validation_nll(tmp_path):
     assert (tmp_path / "es" / "best.pt").is_file()
     best = torch.load(tmp_path / "es" / "best.pt", weights_only=True)
     assert best["epoch"] == 1
+
+
+def test_resume_may_extend_epochs_but_not_change_settings(tmp_path):
+    train_teacher(tiny(tmp_path, name="x"))
+    longer = tiny(tmp_path, name="x")
+    longer.train.epochs = 3
+    summary = train_teacher(longer, resume=True)
+    assert summary["epochs_run"] == 3
+    other = tiny(tmp_path, name="x")
+    other.train.epochs = 4
+    other.train.lr = 0.5
+    with pytest.raises(LabelenhError, match="train.lr"):
+        train_teacher(other, resume=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from labelenh.data import TensorImages
 from labelenh.errors import LabelenhError
-from labelenh.store import SoftLabelStore, export_soft_labels, teacher_from_model
+from labelenh.store import SoftLabelStore, export_soft_labels, store_info, teacher_from_model
 from labelenh.store.export import TeacherRunner, compute_chunk
 from labelenh.store.lock import ExportLock, lock_path
 from labelenh.store.writer import StoreWriter, create_store
@@ -128,9 +128,11 @@ def test_kill9_then_rerun_equals_uninterrupted(tmp_path, reference):
             assert line, f"driver ended early (exit {proc.poll()})"
             if line.startswith("chunk"):
                 seen.append(int(line.split()[1]))
-        # while it runs, a second export into the same path is refused
+        # while it runs, a second export into the same path is refused; `store info` shows progress
         with pytest.raises(LabelenhError, match="another export is writing"):
             run_export(out)
+        info = store_info(out)
+        assert not info["complete"] and info["chunks_done"] >= 3
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

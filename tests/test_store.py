@@ -245,6 +245,8 @@ def test_bad_gathers_are_refused(stores):
         for call in (lambda: s.clean_logits(torch.tensor([N])), lambda: s.clean_logits(torch.tensor([-1])),
                      lambda: s.view_logits(torch.tensor([0]), torch.tensor([V])),
                      lambda: s.clean_logits(torch.tensor([0.5])),
+                     lambda: s.logits(torch.tensor([0, 1, 2]), torch.tensor([0, -1])),
+                     lambda: s.logits(torch.tensor([0]), torch.tensor([-2])),
                      lambda: s.clean_logits(torch.tensor([0]), ["nobody"])):
             with pytest.raises(LabelenhError):
                 call()

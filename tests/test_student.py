@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from clitools import assert_one_line_error, run_cli
+
 from labelenh.cli.common import resolve, train_config
 from labelenh.engine import TrainConfig
 from labelenh.errors import LabelenhError

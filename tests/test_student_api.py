@@ -4,13 +4,15 @@ logits of the chosen view), the view schedule is seeded, and the Python API (`St
 
 from __future__ import annotations
 
+import pickle
+
 import h5py
 import numpy as np
 import pytest
 import torch
+from clitools import run_cli
 from torch.utils.data import DataLoader
 
-from clitools import run_cli
 from labelenh.checkpoint import load_teacher
 from labelenh.data import normalize
 from labelenh.engine import TrainConfig
@@ -184,6 +186,10 @@ def test_store_dataset_in_a_dataloader_matches_the_student(made, workers, by_pat
     assert item["index"] == 17 and item["view"] == int(views[17])
     assert item["image"].shape == (3, 16, 16) and item["teacher_logits"].shape == (1, 10)
     assert torch.equal(item["teacher_logits"][0], raw(made)["views"][17, views[17]])
+    # what a spawned worker gets: the store is reopened (memory-mapped) from its path
+    clone = pickle.loads(pickle.dumps(ds))
+    assert (clone._batches is None) == by_path
+    assert all(torch.equal(clone[17][k], item[k]) for k in ("image", "hard", "labels", "teacher_logits"))
     x, inp = collate([ds[i] for i in (17, 3)])
     bx, binp = StoreBatches(made["store"], b.train, aug=True).batch(torch.tensor([17, 3]), 1)
     assert torch.equal(x, bx) and torch.equal(inp.teacher_logits, binp.teacher_logits)

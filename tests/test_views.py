@@ -385,6 +385,15 @@ def test_bad_records():
         Recipes.from_struct(arr, rec.spec, (H, W), samples=rec.sample, num_samples=2)
     with pytest.raises(LabelenhError):
         rec.to_struct(spec_for("cutmix"))
+    with pytest.raises(LabelenhError):  # crops larger than the spec's pad
+        Recipes.from_struct(arr, spec_for("mixup", pad=1), (H, W), samples=rec.sample)
+    ric = sample_views(N, 1, spec_for("ricap"), 0, (H, W)).to_struct()
+    with pytest.raises(LabelenhError):  # records read for a smaller image
+        Recipes.from_struct(ric, spec_for("ricap"), (H // 2, W // 2), samples=torch.arange(N))
+    cut = sample_views(N, 1, spec_for("cutmix"), 0, (H, W)).to_struct()
+    cut["box"][0] = (5, 2, 0, 1)
+    with pytest.raises(LabelenhError):
+        Recipes.from_struct(cut, spec_for("cutmix"), (H, W), samples=torch.arange(N))
 
 
 def test_recipes_container():

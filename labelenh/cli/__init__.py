@@ -21,8 +21,15 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register_commands() -> None:
-    # Imported here so `labelenh --help` stays fast and a broken optional stage cannot hide the rest.
+    # Discovered once per process (main() may be called many times in-process, e.g. by tests).
+    global _registered
+    if _registered:
+        return
+    _registered = True
     import importlib
     import pkgutil
 

@@ -40,8 +40,8 @@ or through a DataLoader (items are dicts; `collate` gives the same batches)::
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +76,16 @@ def epoch_views(num_views: int, seed: int, epoch: int, samples: torch.Tensor) ->
     s = np.asarray(torch.as_tensor(samples).cpu(), dtype=np.int64).reshape(-1)
     cycle, pos = divmod(int(epoch), int(num_views))
     rng = CounterRNG(derive_seed(seed, "view-choice"), s, cycle)
-    strides = np.array([a for a in range(1, num_views + 1) if math.gcd(a, num_views) == 1])
+    strides = _strides(int(num_views))
     b = rng.integers(_S_START, 0, num_views)
     a = strides[rng.integers(_S_STRIDE, 0, len(strides))]
     return torch.from_numpy((b + a * pos) % num_views)
+
+
+@functools.lru_cache(maxsize=16)
+def _strides(v: int) -> np.ndarray:
+    """The a in [1, v] with gcd(a, v) = 1: a -> (b + a·k) mod v visits every view once."""
+    return np.array([a for a in range(1, v + 1) if math.gcd(a, v) == 1])
 
 
 def _open(store: SoftLabelStore | str | Path | None, preload: bool | None) -> SoftLabelStore | None:
@@ -158,8 +164,12 @@ class StoreBatches:
     def recipes(self, samples: torch.Tensor, epoch: int) -> Recipes:
         """The recipes of the images `samples` show in `epoch`."""
         samples = torch.as_tensor(samples).reshape(-1).cpu()
-        if self.aug:
-            return self.store.recipes(samples, self.views(samples, epoch))
+        return self._recipes(samples, self.views(samples, epoch), epoch)
+
+    def _recipes(self, samples: torch.Tensor, views: torch.Tensor | None, epoch: int) -> Recipes:
+        if views is not None:
+            return self.store.recipes(samples, views)
+        # a fresh view per (sample, epoch): the epoch is the view id
         return sample_views(len(self), epoch + 1, self.spec, self.view_seed, self.image_size,
                             samples=samples, views=torch.tensor([epoch]))
 
@@ -167,7 +177,7 @@ class StoreBatches:
         """(images float32 [B, C, H, W] in 0..255, MethodInputs) for sample indices [B]."""
         samples = torch.as_tensor(samples).reshape(-1).cpu()
         views = self.views(samples, epoch)
-        rec = self.store.recipes(samples, views) if views is not None else self.recipes(samples, epoch)
+        rec = self._recipes(samples, views, epoch)
         x, hard = gather_and_apply(self.source, rec, self.num_classes)  # [B, C, H, W], [B, K]
         dev = self.device or x.device
         x, hard = x.to(dev), hard.to(dev)
@@ -203,10 +213,14 @@ class StoreDataset(torch.utils.data.Dataset):
         teacher_logits  float32 [M, K]
 
     Items equal the rows of `StoreBatches.batch` bit for bit (`collate` stacks them into the
-    same batch). Call `set_epoch(e)` each epoch, before the loader's iterator starts. A store
-    given by path is opened on first use in each process (workers never share a handle); the
-    DataLoader fetches a whole batch of items in one batched call (`__getitems__`).
-    Arguments as for `StoreBatches`; the source must live on the CPU for loader workers.
+    same batch); the DataLoader fetches a batch of items in one batched call (`__getitems__`).
+    Call `set_epoch(e)` each epoch, before the loader's iterator starts. Arguments as for
+    `StoreBatches`; the source must live on the CPU for loader workers.
+
+    Workers never share a file handle: forked workers inherit the store (preloaded arrays are
+    shared copy-on-write, memory maps are reopened per process by the reader); workers that
+    receive the dataset by pickling (spawn, forkserver) open a store given by path themselves,
+    on first use, memory-mapped unless preload=True.
     """
 
     def __init__(self, store: SoftLabelStore | str | Path, source: Any, *, aug: bool,
@@ -215,11 +229,12 @@ class StoreDataset(torch.utils.data.Dataset):
         if store is None:
             raise LabelenhError("StoreDataset reads a store: pass its path or a SoftLabelStore")
         self._path = None if isinstance(store, SoftLabelStore) else Path(store)
-        self._kw = dict(aug=aug, teachers=teachers, seed=seed, spec=spec, preload=preload)
+        self._kw = dict(aug=aug, teachers=teachers, seed=seed, spec=spec)
+        self._preload = preload
         self.source = source
         self.epoch = 0
-        self._batches: StoreBatches | None = StoreBatches(store, source, **self._kw)  # checks now
-        self._pid = os.getpid()
+        # opened (and checked against the source) now, so bad input fails here, not in a worker
+        self._batches: StoreBatches | None = StoreBatches(store, source, preload=preload, **self._kw)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -229,13 +244,13 @@ class StoreDataset(torch.utils.data.Dataset):
 
     @property
     def batches(self) -> StoreBatches:
-        if self._path is not None and (self._batches is None or self._pid != os.getpid()):
-            self._batches, self._pid = StoreBatches(self._path, self.source, **self._kw), os.getpid()
+        if self._batches is None:  # unpickled in a worker
+            self._batches = StoreBatches(self._path, self.source, preload=bool(self._preload), **self._kw)
         return self._batches
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        if self._path is not None:  # reopened in the worker
+        if self._path is not None:  # never ship a preloaded store to a worker: it opens its own
             state["_batches"] = None
         return state
 

@@ -20,7 +20,7 @@ SCAN_BYTES = 64 << 20  # rows read at a time by the NaN/Inf scan
 def store_info(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary: schema, sizes, views, format, teachers and their metrics, top-k error."""
     path = Path(path)
-    with open_h5(path) as f:
+    with open_h5(path, locking=False) as f:  # also while an export runs: shows its progress
         a = read_root_attrs(f, path)
         fmt = logit_format(a)
         n, c, v = int(a["num_samples"]), int(a["num_classes"]), int(a["num_views"])

@@ -34,15 +34,18 @@ from labelenh.store.topk import topk_dense
 DEFAULT_PRELOAD_BYTES = 2 << 30
 
 
-def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
-    """h5py.File, with every way of failing turned into one LabelenhError line."""
+def open_h5(path: str | Path, mode: str = "r", *, locking: bool | None = None) -> h5py.File:
+    """h5py.File, with every way of failing turned into one LabelenhError line.
+
+    locking=False lets `store info` read a store while an export writes it (the writer only
+    overwrites raw bytes and flushes each chunk's progress flag)."""
     p = Path(path)
     if not p.exists():
         raise LabelenhError(f"store {p} does not exist: write it with `labelenh export-soft-labels --out {p}`")
     if p.is_dir():
         raise LabelenhError(f"store {p} is a folder, not a file: pass the .h5 file")
     try:
-        return h5py.File(p, mode)
+        return h5py.File(p, mode) if locking is None else h5py.File(p, mode, locking=locking)
     except OSError as e:
         msg = str(e)
         if "truncated" in msg:
@@ -257,9 +260,7 @@ class SoftLabelStore:
         s = self._samples(samples)
         if views is None:
             return self.clean_logits(s, teachers)
-        v = np.broadcast_to(np.asarray(torch.as_tensor(views).cpu(), dtype=np.int64).reshape(-1), s.shape).copy()
-        if (v < -1).any() or (v >= self.num_views).any():
-            raise LabelenhError(f"view ids must lie in [-1, {self.num_views}), got {int(v.min())}..{int(v.max())}")
+        v = self._views(views, len(s), allow_clean=True)
         names = self._teacher_names(teachers)
         clean = v < 0
         out = torch.empty(len(s), len(names), self.num_classes)
@@ -298,15 +299,16 @@ class SoftLabelStore:
             raise LabelenhError(f"sample index out of range [0, {self.num_samples}): got {int(s.min())}..{int(s.max())}")
         return s
 
-    def _views(self, views, b: int) -> np.ndarray:
+    def _views(self, views, b: int, allow_clean: bool = False) -> np.ndarray:
         v = np.asarray(torch.as_tensor(views).cpu()).reshape(-1)
         if v.dtype.kind not in "iu":
             raise LabelenhError(f"view ids must be integers, got {v.dtype}")
-        v = np.broadcast_to(v.astype(np.int64), (b,)) if v.size == 1 else v.astype(np.int64)
+        v = np.full(b, v[0], dtype=np.int64) if v.size == 1 else v.astype(np.int64)
         if v.shape != (b,):
             raise LabelenhError(f"{b} samples but {v.size} view ids")
-        if v.size and (v.min() < 0 or v.max() >= self.num_views):
-            raise LabelenhError(f"view id out of range [0, {self.num_views}): got {int(v.min())}..{int(v.max())}")
+        lo = -1 if allow_clean else 0
+        if v.size and (v.min() < lo or v.max() >= self.num_views):
+            raise LabelenhError(f"view id out of range [{lo}, {self.num_views}): got {int(v.min())}..{int(v.max())}")
         return v
 
     def _teacher_names(self, teachers) -> list[str]:

@@ -251,6 +251,31 @@ class Recipes:
             off = torch.as_tensor(flat["offsets"].astype(np.int64))
             H, W = image_size
             lam = ricap_areas(wh, image_size)[:, 0].to(torch.float32) / float(H * W)
+        _check_geometry(spec, image_size, crop, box, wh, off, lam)
         return cls(spec=spec, image_size=(int(image_size[0]), int(image_size[1])), sample=sample,
                    view=view, mixed=mixed, crop=crop, flip=flip, partners=partners, lam=lam,
                    box=box, ricap_wh=wh, ricap_off=off)
+
+
+def _check_geometry(spec: ViewSpec, image_size, crop, box, wh, off, lam) -> None:
+    """Refuse records that cannot come from `spec` on images of `image_size` (a damaged file,
+    or records read with the wrong spec / image size)."""
+    H, W = (int(v) for v in image_size)
+    bad = ""
+    if crop.numel() and int(crop.abs().max()) > spec.pad:
+        bad = f"crop offset {int(crop.abs().max())} exceeds pad {spec.pad}"
+    elif spec.op == "mixup" and lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all()):
+        bad = "mixup lambda outside [0, 1]"
+    elif spec.op == "cutmix" and box.numel() and not bool(
+        ((box[:, 0] <= box[:, 1]) & (box[:, 1] <= H) & (box[:, 2] <= box[:, 3]) & (box[:, 3] <= W)).all()
+    ):
+        bad = f"cutmix box outside the {H}x{W} image"
+    elif spec.op == "ricap" and wh.numel():
+        w, h = wh[:, 0:1], wh[:, 1:2]
+        wk = torch.cat([w, W - w, w, W - w], 1)
+        hk = torch.cat([h, h, H - h, H - h], 1)
+        if not bool(((w <= W) & (h <= H)).all() and ((off[:, :, 0] <= H - hk) & (off[:, :, 1] <= W - wk)).all()):
+            bad = f"RICAP patch outside the {H}x{W} image"
+    if bad:
+        raise LabelenhError(f"recipe records do not fit {spec.describe()} on {H}x{W} images ({bad}): "
+                            "the file is damaged or read with the wrong view spec")

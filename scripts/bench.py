@@ -1,0 +1,756 @@
+"""What a precomputed soft-label store buys, measured side by side in one process.
+
+The claim: a student trained from the store runs at the speed of plain training, while the
+teacher's cost is paid once, at export. Every figure here is a ratio of two things timed in the
+same process, on the same data, model and batch size, with torch.set_num_threads(THREADS),
+interleaved (A B C A B C ...) over rounds; ratios are medians of the per-round ratios, so load
+from other processes that drifts between rounds cancels out.
+
+Figures (one JSON line each, then a Markdown table):
+  student   step time of a student epoch from the store (kd-sl; aug-kd-sl with RICAP views)
+            / the same student's vanilla epoch                                   goal <= 1.05
+  online    online kd step / store kd-sl step, for resnet110 -> resnet20 and for a 3-teacher
+            ensemble (online kd vs en-sl), as a fraction of the ideal
+            (vanilla step + teachers' forward) / vanilla step                    goal >= 0.90
+  export    export throughput (rows/s) / bare teacher inference (images/s)       goal >= 0.95
+  bytes     bytes per stored view: dense fp16, fp32, top-5, top-10 at C = 10, 100, 1000
+  reader    rows/s of (view logits + recipes): preloaded, lazy, lazy with 2 loader workers
+  rss       peak RSS of an ImageNet-shaped export (3x224x224, C = 1000) at growing N: flat
+
+A student "step" is everything an epoch pays per batch: the recipes (sampled, or read from the
+store), gathering and applying the views, store reads, the forward/backward/update of
+`Engine._train_epoch` (timed between consecutive batch requests of the engine). Teachers are
+untrained (timing does not depend on the weights): they are saved as labelenh checkpoints and
+loaded through the same functions as `labelenh student --teacher` and `export-soft-labels`.
+
+Usage:
+  python scripts/bench.py --quick              # every figure, small sizes (< 5 min on 2 cores)
+  python scripts/bench.py                      # the figures in BENCHMARKS.md
+  python scripts/bench.py --only student,online --rounds 9
+  python scripts/bench.py --profile kd-sl      # cProfile of 20 steps of one student config
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+THREADS = 2
+SECTIONS = ("student", "online", "export", "bytes", "reader", "rss")
+
+
+# ---- sizes ----------------------------------------------------------------------------------
+
+@dataclass
+class Sizes:
+    """Everything that differs between --quick and the full run."""
+
+    train_samples: int = 5085  # cifar10-mini train split (all of it)
+    batch_size: int = 64  # TrainConfig's default
+    store_views: int = 4  # RICAP views per sample in the student's store
+    rounds: int = 7  # interleaved rounds of student steps
+    steps: int = 8  # steps per config per round
+    export_samples: int = 1024  # samples of the export-throughput run
+    export_views: int = 3
+    export_reps: int = 3
+    bytes_samples: int = 256
+    bytes_views: int = 4
+    reader_samples: int = 50_000  # CIFAR-size store for the reader
+    reader_views: int = 8
+    reader_classes: int = 100
+    reader_batches: int = 400
+    rss_samples: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
+    rss_views: int = 2
+
+
+QUICK = Sizes(train_samples=384, store_views=2, rounds=3, steps=4, export_samples=256,
+              export_views=3, export_reps=2, bytes_samples=256, bytes_views=2,
+              reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024])
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+class Report:
+    """Collects figures: one JSON line each as they come, a Markdown table at the end."""
+
+    def __init__(self, jsonl: Path | None) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.jsonl = jsonl
+        if jsonl is not None:
+            jsonl.write_text("")
+
+    def add(self, figure: str, case: str, value: float, unit: str, *, goal: str | None = None,
+            met: bool | None = None, **extra: Any) -> None:
+        row = {"figure": figure, "case": case, "value": _round(value), "unit": unit,
+               "goal": goal, "met": met, **{k: _round(v) for k, v in extra.items()}}
+        self.rows.append(row)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if self.jsonl is not None:
+            with open(self.jsonl, "a") as f:
+                f.write(line + "\n")
+
+    def markdown(self) -> str:
+        out = ["| figure | case | value | unit | goal | met |", "|---|---|---:|---|---|---|"]
+        for r in self.rows:
+            met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            out.append(f"| {r['figure']} | {r['case']} | {_fmt(r['value'])} | {r['unit']} | "
+                       f"{r['goal'] or ''} | {met} |")
+        return "\n".join(out)
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, float):
+        return float(f"{v:.4g}")
+    if isinstance(v, list):
+        return [_round(x) for x in v]
+    return v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import h5py
+
+    import labelenh
+    from labelenh.utils import git_commit
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+            "python": platform.python_version(), "labelenh": labelenh.__version__,
+            "git_commit": git_commit(), "loadavg": list(os.getloadavg())}
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+def subset_npz(path: Path, n: int) -> str:
+    """The first n training images of cifar10-mini (and its test split) as an npz: dataset."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("labelenh.data") / "cifar10_mini.npz") as src:
+        z = np.load(src)
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_train"], arrays["y_train"] = arrays["x_train"][:n], arrays["y_train"][:n]
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def save_teacher(path: Path, model_name: str, num_classes: int, seed: int,
+                 calib: torch.Tensor | None = None) -> Path:
+    """An untrained teacher as a labelenh checkpoint (timing does not depend on the weights).
+
+    calib: normalised images [B, C, H, W] to set the BatchNorm statistics from, so an untrained
+    deep net gives logits of a sane size (fresh running stats let resnet110's activations grow
+    block by block until float16 logits overflow)."""
+    from labelenh.checkpoint import save_checkpoint
+    from labelenh.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes)
+    if calib is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for x in calib.split(128):
+                model(x)
+        model.eval()
+    save_checkpoint(path, {"model_name": model_name, "num_classes": num_classes, "in_chans": 3,
+                           "model": model.state_dict()})
+    return path
+
+
+def calibration_images(bundle, n: int = 256) -> torch.Tensor:
+    """float [n, C, H, W]: the first n training images, normalised as the teachers see them."""
+    from labelenh.data import normalize
+
+    x = bundle.train.load(torch.arange(min(n, len(bundle.train)))).float()
+    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
+    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
+    return normalize(x, mean, std)
+
+
+class SyntheticImages:
+    """A lazy ImageSource: image i is a fixed random image from a small bank, so memory does not
+    grow with N (for the RSS and reader figures). The fingerprint hashes what decides every
+    image: N, the labels and the bank."""
+
+    def __init__(self, n: int, shape: tuple[int, int, int], num_classes: int, seed: int = 0,
+                 bank: int = 16) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.bank = torch.randint(0, 256, (bank, *shape), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, num_classes, (n,), generator=g)
+        self.image_shape = shape
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.bank[torch.as_tensor(indices).long() % len(self.bank)]  # [B, C, H, W]
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(repr(("bench-synthetic", self.n, self.image_shape)).encode())
+        h.update(self.labels.numpy().tobytes())
+        h.update(self.bank.numpy().tobytes())
+        return h.hexdigest()
+
+
+def tiny_teacher(in_shape: tuple[int, int, int], num_classes: int, pool: int = 1) -> nn.Module:
+    """A cheap linear teacher for the store-format figures (bytes, reader, RSS)."""
+    c, h, w = in_shape
+    torch.manual_seed(0)
+    return nn.Sequential(nn.AvgPool2d(pool), nn.Flatten(),
+                         nn.Linear(c * (h // pool) * (w // pool), num_classes)).eval()
+
+
+def export(out: Path, teachers, source, *, num_classes: int, views: int, spec, fmt: str = "fp16",
+           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dataset: str = "bench"):
+    from labelenh.store import export_soft_labels
+
+    return export_soft_labels(out, teachers, source, dataset=dataset, num_classes=num_classes,
+                              mean=mean, std=std, num_views=views, spec=spec if views else None,
+                              view_seed=0, fmt=fmt, overwrite=True)
+
+
+# ---- student steps --------------------------------------------------------------------------
+
+class TimedTask:
+    """Wraps a StudentTask for `Engine._train_epoch`: yields `steps` of its batches and records
+    the time between consecutive batch requests, i.e. data preparation + training step."""
+
+    def __init__(self, task: Any, steps: int) -> None:
+        self.task, self.steps = task, steps
+        self.eval_splits = task.eval_splits
+        self.steps_per_epoch = task.steps_per_epoch
+        self.times: list[float] = []
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        it = iter(self.task.train_batches(epoch))
+        t = time.perf_counter()
+        for _ in range(self.steps):
+            yield next(it)
+            now = time.perf_counter()
+            self.times.append(now - t)
+            t = now
+
+    def loss(self, model, batch):
+        return self.task.loss(model, batch)
+
+    def epoch_end(self, epoch: int) -> None:
+        self.task.epoch_end(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.task.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task.load_state_dict(state)
+
+
+class FixedBatchTask(TimedTask):
+    """The same prepared batch every step: the bare forward/backward/update of the student."""
+
+    def __init__(self, task: Any, steps: int) -> None:
+        super().__init__(task, steps)
+        self.batch = next(iter(task.train_batches(0)))
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        t = time.perf_counter()
+        for _ in range(self.steps):
+            yield self.batch
+            now = time.perf_counter()
+            self.times.append(now - t)
+            t = now
+
+
+class TeacherForward:
+    """The online teachers' forward exactly as StudentTask.loss runs it, on real student batches
+    prepared before timing starts."""
+
+    def __init__(self, teachers: list[nn.Module], task: Any, steps: int) -> None:
+        self.teachers, self.steps = teachers, steps
+        it = iter(task.train_batches(0))
+        self.xs = [next(it).x for _ in range(min(steps, task.steps_per_epoch))]
+        self.times: list[float] = []
+
+    def run(self, epoch: int) -> None:
+        for i in range(self.steps):
+            x = self.xs[i % len(self.xs)]
+            t = time.perf_counter()
+            with torch.no_grad():
+                torch.stack([m(x).float() for m in self.teachers], dim=1)  # [B, M, C]
+            self.times.append(time.perf_counter() - t)
+
+
+@dataclass
+class StudentCase:
+    name: str
+    method: str = "vanilla"
+    store: str | None = None
+    aug: str | None = None
+    online: list[str] = field(default_factory=list)
+
+
+def build_engine(case: StudentCase, dataset: str, bundle, sizes: Sizes, run_dir: Path,
+                 steps: int, fixed: bool = False):
+    """StudentTask + Engine exactly as `train_student` builds them, with the task wrapped for
+    timing (no fit: `_train_epoch` is called directly)."""
+    from labelenh.checkpoint import load_teacher
+    from labelenh.engine import Engine, TrainConfig
+    from labelenh.methods import build_method
+    from labelenh.models import build_model
+    from labelenh.pipeline import ImagePipeline
+    from labelenh.student import StudentSettings, StudentTask, open_store
+    from labelenh.teach import DataSettings
+    from labelenh.utils import derive_seed
+
+    device = torch.device("cpu")
+    train = TrainConfig(epochs=10_000, batch_size=sizes.batch_size, schedule="constant",
+                        milestones=[], seed=0)
+    s = StudentSettings(model="resnet20", method=case.method, store=case.store, aug=case.aug,
+                        online_teachers=list(case.online), data=DataSettings(dataset=dataset),
+                        train=train, device="cpu")
+    method = build_method(s.method, bundle.num_classes, **s.params)
+    pipe = ImagePipeline(bundle, device, batch_size=train.batch_size, seed=train.seed)
+    store, ids = (open_store(s, method, pipe, warn=lambda m: None) if s.store is not None
+                  else (None, None))
+    online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
+    torch.manual_seed(derive_seed(s.train.seed, "init"))
+    model = build_model(s.model, bundle.num_classes)
+    task = StudentTask(pipe, method, s, store, ids, online)
+    timed = (FixedBatchTask if fixed else TimedTask)(task, steps)
+    engine = Engine(model, timed, train, run_dir / case.name, device=device, run_config={},
+                    checkpoint_meta={}, progress=False)
+    return engine, timed, task, online
+
+
+def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[str]) -> None:
+    from labelenh.data import load_dataset
+    from labelenh.store import load_teachers
+    from labelenh.views import ViewSpec
+
+    t_all = time.perf_counter()
+    dataset = subset_npz(work / "cifar10-mini-subset.npz", sizes.train_samples)
+    bundle = load_dataset(dataset)
+    k = bundle.num_classes
+    calib = calibration_images(bundle)
+    t110 = str(save_teacher(work / "resnet110.pt", "resnet110", k, seed=1, calib=calib))
+    ens = [str(save_teacher(work / f"resnet56-{i}.pt", "resnet56", k, seed=10 + i, calib=calib))
+           for i in range(3)]
+
+    # the stores: resnet110 with clean + RICAP views; the 3-teacher ensemble with clean logits
+    log(f"exporting the student stores ({len(bundle.train)} samples)")
+    store110, store_ens = work / "resnet110-ricap.h5", work / "ensemble.h5"
+    t = time.perf_counter()
+    export(store110, load_teachers([t110], "cpu", k), bundle.train, num_classes=k,
+           views=sizes.store_views, spec=ViewSpec(op="ricap", pad=bundle.crop_pad),
+           mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+    if "online" in sections:
+        export(store_ens, load_teachers(ens, "cpu", k), bundle.train, num_classes=k, views=0,
+               spec=None, mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+    log(f"stores written in {time.perf_counter() - t:.1f}s")
+
+    cases = [StudentCase("vanilla"), StudentCase("kd-sl", "kd-sl", str(store110)),
+             StudentCase("vanilla+ricap", aug="ricap"),
+             StudentCase("aug-kd-sl+ricap", "kd-sl", str(store110), aug="ricap")]
+    if "online" in sections:
+        cases += [StudentCase("en-sl", "en-sl", str(store_ens)),
+                  StudentCase("kd:resnet110", "kd", online=[t110]),
+                  StudentCase("kd:ensemble", "kd", online=ens)]
+    runners: dict[str, Callable[[int], None]] = {}
+    timers: dict[str, Any] = {}
+    teachers_of: dict[str, list[nn.Module]] = {}
+    for case in cases:
+        engine, timed, task, online = build_engine(case, dataset, bundle, sizes, work / "runs",
+                                                   sizes.steps)
+        runners[case.name] = engine._train_epoch
+        timers[case.name] = timed
+        if case.name == "vanilla":
+            vanilla_task = task
+            engine_f, timed_f, _, _ = build_engine(StudentCase("train-step"), dataset, bundle,
+                                                   sizes, work / "runs", sizes.steps, fixed=True)
+            runners["train-step"], timers["train-step"] = engine_f._train_epoch, timed_f
+        if online:
+            teachers_of[case.name] = online
+    for name, teachers in teachers_of.items():
+        fwd = TeacherForward(teachers, vanilla_task, sizes.steps)
+        runners[f"fwd:{name[3:]}"], timers[f"fwd:{name[3:]}"] = fwd.run, fwd
+
+    names = list(runners)
+    log(f"student steps: {len(names)} configs x {sizes.rounds} rounds x {sizes.steps} steps "
+        f"(batch {sizes.batch_size}), interleaved")
+    for name in names:  # warm-up round, not recorded
+        runners[name](sizes.rounds)
+        timers[name].times.clear()
+    per_round: dict[str, list[float]] = {n: [] for n in names}  # median step time of each round
+    for r in range(sizes.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate: no fixed position
+        for name in order:
+            n0 = len(timers[name].times)
+            runners[name](r)
+            per_round[name].append(statistics.median(timers[name].times[n0:]))
+    ms = {n: statistics.median(timers[n].times) * 1e3 for n in names}
+    for n in names:
+        report.add("step", n, ms[n], "ms/step", batch=sizes.batch_size,
+                   steps=len(timers[n].times), rounds=sizes.rounds)
+
+    def ratio(a: str, b: str) -> float:  # median over rounds of the paired ratio
+        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+    goal1 = 1.05
+    for a, b in (("kd-sl", "vanilla"), ("aug-kd-sl+ricap", "vanilla+ricap"),
+                 ("aug-kd-sl+ricap", "vanilla")):
+        v = ratio(a, b)
+        primary = not (a == "aug-kd-sl+ricap" and b == "vanilla")
+        report.add("student", f"{a} / {b}", v, "x", goal=f"<= {goal1}" if primary else None,
+                   met=(v <= goal1) if primary else None)
+    report.add("student", "data prep share of vanilla step", 1 - ratio("train-step", "vanilla"),
+               "fraction")
+    if "online" in sections:
+        for kd, sl, fwd in (("kd:resnet110", "kd-sl", "fwd:resnet110"),
+                            ("kd:ensemble", "en-sl", "fwd:ensemble")):
+            actual = ratio(kd, sl)
+            ideals = [(v + f) / v for v, f in zip(per_round["vanilla"], per_round[fwd],
+                                                 strict=True)]
+            ideal = statistics.median(ideals)
+            frac = statistics.median(ratio_r / i for ratio_r, i in zip(
+                (x / y for x, y in zip(per_round[kd], per_round[sl], strict=True)), ideals,
+                strict=True))
+            report.add("online", f"{kd} / {sl}", actual, "x", ideal=ideal)
+            report.add("online", f"{kd} / {sl} as a fraction of ideal", frac, "fraction",
+                       goal=">= 0.9", met=frac >= 0.9, ideal=ideal, actual=actual)
+    log(f"student section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- export throughput ----------------------------------------------------------------------
+
+def run_export_section(report: Report, sizes: Sizes, work: Path) -> None:
+    """Export rows/s (clean + views, the whole export call) vs the teacher's bare forward over
+    the same number of images in the same block size, interleaved."""
+    from labelenh.data import load_dataset
+    from labelenh.store import load_teachers
+    from labelenh.store.schema import DEFAULT_CHUNK_SIZE
+    from labelenh.views import ViewSpec
+
+    t_all = time.perf_counter()
+    dataset = subset_npz(work / "export-subset.npz", sizes.export_samples)
+    bundle = load_dataset(dataset)
+    k = bundle.num_classes
+    path = str(save_teacher(work / "export-resnet110.pt", "resnet110", k, seed=1,
+                            calib=calibration_images(bundle)))
+    teachers = load_teachers([path], "cpu", k)
+    model = teachers[0].model
+    n, v = len(bundle.train), sizes.export_views
+    rows = n * (1 + v)
+    spec = ViewSpec(op="ricap", pad=bundle.crop_pad)
+    bundle.train.fingerprint()  # computed once per dataset, as a CLI export would
+    block = torch.randn(DEFAULT_CHUNK_SIZE, *bundle.train.image_shape)
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            left = rows
+            while left:
+                b = min(left, DEFAULT_CHUNK_SIZE)
+                model(block[:b])
+                left -= b
+        return time.perf_counter() - t
+
+    def exp() -> float:
+        t = time.perf_counter()
+        export(work / "export.h5", teachers, bundle.train, num_classes=k, views=v, spec=spec,
+               mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+        return time.perf_counter() - t
+
+    bare()  # warm-up
+    t_exp, t_bare = [], []
+    for _ in range(sizes.export_reps):
+        t_exp.append(exp())
+        t_bare.append(bare())
+    ratios = [b / e for b, e in zip(t_bare, t_exp, strict=True)]
+    report.add("export", "export rows/s (resnet110, ricap)", rows / statistics.median(t_exp),
+               "rows/s", rows=rows)
+    report.add("export", "bare teacher inference (resnet110)", rows / statistics.median(t_bare),
+               "images/s", rows=rows)
+    v_ = statistics.median(ratios)
+    report.add("export", "export / bare inference", v_, "x", goal=">= 0.95", met=v_ >= 0.95,
+               reps=sizes.export_reps)
+    log(f"export section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- bytes per view -------------------------------------------------------------------------
+
+def run_bytes_section(report: Report, sizes: Sizes, work: Path) -> None:
+    """Bytes per stored view, read from written files: the storage of every per-view dataset
+    (recipes + the teacher's view logits) / (N V). `file_delta` = (file size with V views - file
+    size without views) / (N V) checks that nothing else grows with V."""
+    import h5py
+
+    from labelenh.store import teacher_from_model
+    from labelenh.views import ViewSpec
+
+    t_all = time.perf_counter()
+    n, v = sizes.bytes_samples, sizes.bytes_views
+    spec = ViewSpec(op="crop-flip", pad=1)
+    for c in (10, 100, 1000):
+        src = SyntheticImages(n, (3, 8, 8), c)
+        teachers = [teacher_from_model(tiny_teacher((3, 8, 8), c), "t")]
+        for fmt, label in (("fp16", "dense fp16"), ("fp32", "dense fp32"), ("topk:5", "top-5"),
+                           ("topk:10", "top-10")):
+            if fmt.startswith("topk") and int(fmt[5:]) > c:
+                continue
+            files = {}
+            for views in (0, v):
+                out = work / f"bytes-{c}-{fmt.replace(':', '')}-{views}.h5"
+                export(out, teachers, src, num_classes=c, views=views, spec=spec, fmt=fmt)
+                files[views] = out.stat().st_size
+            with h5py.File(out) as f:
+                g = f["teachers/t/views"]
+                dsets = [g] if isinstance(g, h5py.Dataset) else list(g.values())
+                logits = sum(d.id.get_storage_size() for d in dsets) / (n * v)
+                recipe = f["views/recipes"].id.get_storage_size() / (n * v)
+            report.add("bytes", f"C={c} {label}", logits + recipe, "B/view",
+                       logits_only=logits, recipe=recipe,
+                       file_delta=(files[v] - files[0]) / (n * v))
+            for p in work.glob("bytes-*.h5"):
+                p.unlink()
+    log(f"bytes section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- reader ---------------------------------------------------------------------------------
+
+class _BatchReads(torch.utils.data.Dataset):
+    """One item = one batch of (sample, view) rows: view logits + recipes, as a student reads."""
+
+    def __init__(self, path: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        from labelenh.store import SoftLabelStore
+
+        self.store = SoftLabelStore.open(path, preload=False)  # opened before the fork: safe
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        s, v = self.batches[i]
+        rec = self.store.recipes(s, v)
+        return self.store.view_logits(s, v), rec.sample
+
+
+def run_reader_section(report: Report, sizes: Sizes, work: Path) -> None:
+    from labelenh.store import SoftLabelStore, teacher_from_model
+    from labelenh.views import ViewSpec
+
+    t_all = time.perf_counter()
+    n, v, c, b = sizes.reader_samples, sizes.reader_views, sizes.reader_classes, 128
+    path = work / "reader.h5"
+    src = SyntheticImages(n, (3, 8, 8), c)
+    log(f"reader: exporting N={n} V={v} C={c} fp16 (tiny teacher)")
+    export(path, [teacher_from_model(tiny_teacher((3, 8, 8), c), "t")], src, num_classes=c,
+           views=v, spec=ViewSpec(op="ricap", pad=1))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(n, (b,), generator=g), torch.randint(v, (b,), generator=g))
+               for _ in range(sizes.reader_batches)]
+    rows = b * len(batches)
+
+    def in_process(preload: bool) -> float:
+        store = SoftLabelStore.open(path, preload=preload)
+        t = time.perf_counter()
+        for s, vv in batches:
+            store.recipes(s, vv)
+            store.view_logits(s, vv)
+        dt = time.perf_counter() - t
+        store.close()
+        return rows / dt
+
+    def workers(k: int) -> float:
+        loader = torch.utils.data.DataLoader(_BatchReads(path, batches), batch_size=None,
+                                             num_workers=k, prefetch_factor=4)
+        it = iter(loader)
+        next(it)  # worker start-up is not read throughput
+        t = time.perf_counter()
+        got = sum(1 for _ in it)
+        return got * b / (time.perf_counter() - t)
+
+    modes = {"preloaded": lambda: in_process(True), "lazy (memmap)": lambda: in_process(False),
+             "lazy, 2 loader workers": lambda: workers(2)}
+    res: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(3):  # interleaved
+        for m, fn in modes.items():
+            res[m].append(fn())
+    for m in modes:
+        report.add("reader", f"{m}, N={n} V={v} C={c} fp16", statistics.median(res[m]), "rows/s",
+                   batch=b, what="view logits + recipes", file_mb=path.stat().st_size / 2**20)
+    log(f"reader section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- peak RSS -------------------------------------------------------------------------------
+
+def rss_child(n: int, views: int, out: str) -> None:
+    """Run in a fresh process: export an ImageNet-shaped store of N samples; print peak RSS."""
+    from labelenh.store import teacher_from_model
+    from labelenh.views import ViewSpec
+
+    torch.set_num_threads(THREADS)
+    shape, c = (3, 224, 224), 1000
+    src = SyntheticImages(n, shape, c)
+    teachers = [teacher_from_model(tiny_teacher(shape, c, pool=8), "t")]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    export(Path(out), teachers, src, num_classes=c, views=views,
+           spec=ViewSpec(op="crop-flip", pad=28), fmt="fp16")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": n, "peak_kb": peak, "before_kb": base,
+                      "seconds": time.perf_counter() - t, "bytes": Path(out).stat().st_size}))
+
+
+def run_rss_section(report: Report, sizes: Sizes, work: Path) -> None:
+    t_all = time.perf_counter()
+    peaks = []
+    for n in sizes.rss_samples:
+        out = work / f"rss-{n}.h5"
+        p = subprocess.run([sys.executable, __file__, "--rss-child", str(n), str(sizes.rss_views),
+                            str(out)], capture_output=True, text=True, check=True)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        out.unlink(missing_ok=True)
+        peaks.append(r["peak_kb"] / 1024)
+        report.add("rss", f"ImageNet-shaped export N={n} V={sizes.rss_views} C=1000 fp16",
+                   r["peak_kb"] / 1024, "MiB peak RSS", after_imports_mib=r["before_kb"] / 1024,
+                   store_mib=r["bytes"] / 2**20, rows_per_s=n * (1 + sizes.rss_views) / r["seconds"])
+    growth = peaks[-1] / peaks[0]
+    n0, n1 = sizes.rss_samples[0], sizes.rss_samples[-1]
+    report.add("rss", f"peak RSS at N={n1} / at N={n0} ({n1 // n0}x the rows)", growth, "x",
+               goal="<= 1.1 (flat)", met=growth <= 1.1)
+    log(f"rss section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- profiling ------------------------------------------------------------------------------
+
+def profile_case(name: str, sizes: Sizes, work: Path, steps: int = 20) -> None:
+    """cProfile of `steps` student steps of one config (top 30 by cumulative time)."""
+    from labelenh.data import load_dataset
+    from labelenh.store import load_teachers
+    from labelenh.views import ViewSpec
+
+    dataset = subset_npz(work / "cifar10-mini-subset.npz", sizes.train_samples)
+    bundle = load_dataset(dataset)
+    k = bundle.num_classes
+    t110 = str(save_teacher(work / "resnet110.pt", "resnet110", k, seed=1,
+                            calib=calibration_images(bundle)))
+    store = work / "resnet110-ricap.h5"
+    if name in ("kd-sl", "aug-kd-sl+ricap"):
+        export(store, load_teachers([t110], "cpu", k), bundle.train, num_classes=k,
+               views=sizes.store_views, spec=ViewSpec(op="ricap", pad=bundle.crop_pad),
+               mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+    case = {"vanilla": StudentCase("vanilla"), "kd-sl": StudentCase("kd-sl", "kd-sl", str(store)),
+            "vanilla+ricap": StudentCase("vanilla+ricap", aug="ricap"),
+            "aug-kd-sl+ricap": StudentCase("aug-kd-sl+ricap", "kd-sl", str(store), aug="ricap"),
+            "kd:resnet110": StudentCase("kd:resnet110", "kd", online=[t110])}[name]
+    engine, timed, _, _ = build_engine(case, dataset, bundle, sizes, work / "runs", steps)
+    engine._train_epoch(0)
+    prof = cProfile.Profile()
+    prof.enable()
+    engine._train_epoch(1)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+    print(buf.getvalue())
+    print(f"median step {statistics.median(timed.times[steps:]) * 1e3:.1f} ms")
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: every figure in < 5 min")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of student steps")
+    ap.add_argument("--steps", type=int, default=None, help="student steps per config per round")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--jsonl", type=Path, default=None, help="also write the JSON lines here")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--profile", default=None, help="cProfile one student config instead")
+    ap.add_argument("--rss-child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    if args.rss_child:
+        rss_child(int(args.rss_child[0]), int(args.rss_child[1]), args.rss_child[2])
+        return
+    sizes = QUICK if args.quick else Sizes()
+    for key in ("rounds", "steps", "batch_size"):
+        if getattr(args, key) is not None:
+            setattr(sizes, key, getattr(args, key))
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    with tempfile.TemporaryDirectory(prefix="labelenh-bench-") as tmp:
+        work = Path(tmp)
+        if args.profile:
+            profile_case(args.profile, sizes, work)
+            return
+        t0 = time.perf_counter()
+        env = machine()
+        print(json.dumps({"figure": "machine", **env}), flush=True)
+        report = Report(args.jsonl)
+        if sections & {"student", "online"}:
+            run_student_section(report, sizes, work, sections)
+        if "export" in sections:
+            run_export_section(report, sizes, work)
+        if "bytes" in sections:
+            run_bytes_section(report, sizes, work)
+        if "reader" in sections:
+            run_reader_section(report, sizes, work)
+        if "rss" in sections:
+            run_rss_section(report, sizes, work)
+        total = time.perf_counter() - t0
+        end_load = list(os.getloadavg())
+        print(json.dumps({"figure": "run", "seconds": round(total, 1), "quick": args.quick,
+                          "loadavg_start": env["loadavg"], "loadavg_end": end_load}), flush=True)
+        table = report.markdown()
+        print("\n" + table)
+        if args.markdown is not None:
+            args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
