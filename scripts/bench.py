@@ -83,7 +83,7 @@ class Sizes:
     rss_views: int = 2
 
 
-QUICK = Sizes(train_samples=384, store_views=2, rounds=3, steps=4, export_samples=256,
+QUICK = Sizes(train_samples=384, store_views=2, rounds=3, steps=4, export_samples=128,
               export_views=3, export_reps=2, bytes_samples=256, bytes_views=2,
               reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024])
 
@@ -243,12 +243,15 @@ def tiny_teacher(in_shape: tuple[int, int, int], num_classes: int, pool: int = 1
 
 
 def export(out: Path, teachers, source, *, num_classes: int, views: int, spec, fmt: str = "fp16",
-           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dataset: str = "bench"):
+           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dataset: str = "bench",
+           chunk_size: int | None = None):
     from labelenh.store import export_soft_labels
+    from labelenh.store.schema import DEFAULT_CHUNK_SIZE
 
     return export_soft_labels(out, teachers, source, dataset=dataset, num_classes=num_classes,
                               mean=mean, std=std, num_views=views, spec=spec if views else None,
-                              view_seed=0, fmt=fmt, overwrite=True)
+                              view_seed=0, fmt=fmt, overwrite=True,
+                              chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
 
 
 # ---- student steps --------------------------------------------------------------------------
@@ -320,6 +323,22 @@ class TeacherForward:
             self.times.append(time.perf_counter() - t)
 
 
+class DataOnly:
+    """A student config's batches without training: recipes, store reads, gather + apply,
+    normalisation; what `TimedTask` measures minus the model's step."""
+
+    def __init__(self, task: Any, steps: int) -> None:
+        self.task, self.steps = task, steps
+        self.times: list[float] = []
+
+    def run(self, epoch: int) -> None:
+        it = iter(self.task.train_batches(epoch))
+        for _ in range(self.steps):
+            t = time.perf_counter()
+            next(it)
+            self.times.append(time.perf_counter() - t)
+
+
 @dataclass
 class StudentCase:
     name: str
@@ -382,10 +401,10 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
     t = time.perf_counter()
     export(store110, load_teachers([t110], "cpu", k), bundle.train, num_classes=k,
            views=sizes.store_views, spec=ViewSpec(op="ricap", pad=bundle.crop_pad),
-           mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+           mean=bundle.mean, std=bundle.std, dataset=bundle.name, chunk_size=64)
     if "online" in sections:
         export(store_ens, load_teachers(ens, "cpu", k), bundle.train, num_classes=k, views=0,
-               spec=None, mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+               spec=None, mean=bundle.mean, std=bundle.std, dataset=bundle.name, chunk_size=64)
     log(f"stores written in {time.perf_counter() - t:.1f}s")
 
     cases = [StudentCase("vanilla"), StudentCase("kd-sl", "kd-sl", str(store110)),
@@ -403,6 +422,9 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
                                                    sizes.steps)
         runners[case.name] = engine._train_epoch
         timers[case.name] = timed
+        if not case.online:
+            data = DataOnly(task, sizes.steps)
+            runners[f"data:{case.name}"], timers[f"data:{case.name}"] = data.run, data
         if case.name == "vanilla":
             vanilla_task = task
             engine_f, timed_f, _, _ = build_engine(StudentCase("train-step"), dataset, bundle,
@@ -442,8 +464,10 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
         primary = not (a == "aug-kd-sl+ricap" and b == "vanilla")
         report.add("student", f"{a} / {b}", v, "x", goal=f"<= {goal1}" if primary else None,
                    met=(v <= goal1) if primary else None)
-    report.add("student", "data prep share of vanilla step", 1 - ratio("train-step", "vanilla"),
-               "fraction")
+    for case in cases:
+        if not case.online:
+            report.add("student", f"data prep share of the {case.name} step",
+                       ratio(f"data:{case.name}", case.name), "fraction")
     if "online" in sections:
         for kd, sl, fwd in (("kd:resnet110", "kd-sl", "fwd:resnet110"),
                             ("kd:ensemble", "en-sl", "fwd:ensemble")):
@@ -462,9 +486,21 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
 
 # ---- export throughput ----------------------------------------------------------------------
 
+def forward_blocks(n: int, views: int, chunk: int) -> list[int]:
+    """The teacher-forward block sizes of an export (see labelenh.store.export.compute_chunk):
+    per chunk of samples, its clean images, then its (sample, view) pairs in blocks of `chunk`."""
+    out = []
+    for s0 in range(0, n, chunk):
+        b = min(chunk, n - s0)
+        out.append(b)
+        out += [min(chunk, b * views - i) for i in range(0, b * views, chunk)]
+    return out
+
+
 def run_export_section(report: Report, sizes: Sizes, work: Path) -> None:
-    """Export rows/s (clean + views, the whole export call) vs the teacher's bare forward over
-    the same number of images in the same block size, interleaved."""
+    """Export rows/s (the whole `export_soft_labels` call: clean + RICAP views, fp16) vs the
+    teacher's bare forward in inference mode over the same number of images in the same block
+    shapes, interleaved; at the default chunk (256) and at 64."""
     from labelenh.data import load_dataset
     from labelenh.store import load_teachers
     from labelenh.store.schema import DEFAULT_CHUNK_SIZE
@@ -481,42 +517,162 @@ def run_export_section(report: Report, sizes: Sizes, work: Path) -> None:
     n, v = len(bundle.train), sizes.export_views
     rows = n * (1 + v)
     spec = ViewSpec(op="ricap", pad=bundle.crop_pad)
-    bundle.train.fingerprint()  # computed once per dataset, as a CLI export would
+    bundle.train.fingerprint()  # computed once per dataset, as a CLI export does
     block = torch.randn(DEFAULT_CHUNK_SIZE, *bundle.train.image_shape)
 
-    def bare() -> float:
+    def bare(chunk: int) -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            left = rows
-            while left:
-                b = min(left, DEFAULT_CHUNK_SIZE)
+            for b in forward_blocks(n, v, chunk):
                 model(block[:b])
-                left -= b
         return time.perf_counter() - t
 
-    def exp() -> float:
+    def exp(chunk: int) -> float:
         t = time.perf_counter()
         export(work / "export.h5", teachers, bundle.train, num_classes=k, views=v, spec=spec,
-               mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+               mean=bundle.mean, std=bundle.std, dataset=bundle.name, chunk_size=chunk)
         return time.perf_counter() - t
 
-    bare()  # warm-up
-    t_exp, t_bare = [], []
+    chunks = (DEFAULT_CHUNK_SIZE, 64)
+    bare(64)  # warm-up
+    t_exp: dict[int, list[float]] = {c: [] for c in chunks}
+    t_bare: dict[int, list[float]] = {c: [] for c in chunks}
     for _ in range(sizes.export_reps):
-        t_exp.append(exp())
-        t_bare.append(bare())
-    ratios = [b / e for b, e in zip(t_bare, t_exp, strict=True)]
-    report.add("export", "export rows/s (resnet110, ricap)", rows / statistics.median(t_exp),
-               "rows/s", rows=rows)
-    report.add("export", "bare teacher inference (resnet110)", rows / statistics.median(t_bare),
-               "images/s", rows=rows)
-    v_ = statistics.median(ratios)
-    report.add("export", "export / bare inference", v_, "x", goal=">= 0.95", met=v_ >= 0.95,
-               reps=sizes.export_reps)
+        for c in chunks:
+            t_exp[c].append(exp(c))
+            t_bare[c].append(bare(c))
+    for c in chunks:
+        ratio = statistics.median(b / e for b, e in zip(t_bare[c], t_exp[c], strict=True))
+        report.add("export", f"export rows/s, resnet110, ricap V={v}, chunk {c}",
+                   rows / statistics.median(t_exp[c]), "rows/s", rows=rows)
+        report.add("export", f"bare resnet110 inference, same blocks, chunk {c}",
+                   rows / statistics.median(t_bare[c]), "images/s", rows=rows)
+        default = c == DEFAULT_CHUNK_SIZE
+        report.add("export", f"export / bare inference, chunk {c}", ratio, "x",
+                   goal=">= 0.95" if default else None, met=(ratio >= 0.95) if default else None,
+                   reps=sizes.export_reps)
+    speed = statistics.median(a / b for a, b in zip(t_bare[chunks[0]], t_bare[64], strict=True))
+    report.add("export", f"bare inference in blocks of 64 vs {chunks[0]} (speed-up)", speed, "x")
     log(f"export section: {time.perf_counter() - t_all:.0f}s")
 
 
-# ---- bytes per view -------------------------------------------------------------------------
+# ---- store figures from scripts/bench_store.py ---------------------------------------------
+
+def load_bench_store():
+    """scripts/bench_store.py as a module, or None when it is missing or lacks what is used."""
+    import importlib.util
+
+    path = Path(__file__).with_name("bench_store.py")
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("bench_store", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_store"] = mod
+    spec.loader.exec_module(mod)
+    need = ("RESULTS", "bench_bytes", "bench_reader", "bench_rss", "make_random_store")
+    return mod if all(hasattr(mod, n) for n in need) else None
+
+
+def _store_rows(bs, fn: Callable[[], None]) -> list[dict[str, Any]]:
+    """Run a bench_store function with its own JSON lines silenced; return its result rows."""
+    n0 = len(bs.RESULTS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        fn()
+    return bs.RESULTS[n0:]
+
+
+def run_store_bytes(report: Report, bs) -> None:
+    t = time.perf_counter()
+    for r in _store_rows(bs, bs.bench_bytes):
+        fmt = {"fp16": "dense fp16", "fp32": "dense fp32"}.get(r["format"], r["format"])
+        report.add("bytes", f"C={r['num_classes']} {fmt}, {r['view_op']} recipe",
+                   r["measured_bytes"], "B/view", logits=r["logits_bytes"],
+                   recipe=r["recipe_bytes"])
+    log(f"bytes (bench_store.bench_bytes): {time.perf_counter() - t:.0f}s")
+
+
+def run_store_reader(report: Report, bs, quick: bool, work: Path) -> None:
+    t = time.perf_counter()
+    for r in _store_rows(bs, lambda: bs.bench_reader(quick, threads=THREADS)):
+        report.add("reader", f"{r['mode']}, C={r['num_classes']} {r['format']}, "
+                   f"N={r['n']}x{r['views']}, batch {r['batch']}", r["rows_per_s"], "rows/s",
+                   threads=r["threads"], what="view logits")
+    log(f"reader (bench_store.bench_reader): {time.perf_counter() - t:.0f}s")
+    run_reader_workers(report, bs, quick, work)
+
+
+class _ViewReads(torch.utils.data.Dataset):
+    """Item i = batch i of (sample, view) rows read lazily: what one loader worker does."""
+
+    def __init__(self, path: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        from labelenh.store import SoftLabelStore
+
+        self.store = SoftLabelStore.open(path, preload=False)  # maps reopen per worker
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.store.view_logits(*self.batches[i])  # [B, 1, C]
+
+
+def run_reader_workers(report: Report, bs, quick: bool, work: Path) -> None:
+    """Lazy reads through a DataLoader with 2 workers vs in the process, on a store shaped as
+    bench_store's C=100 fp16 one, interleaved."""
+    from labelenh.store import SoftLabelStore
+
+    t_all = time.perf_counter()
+    n, v, c, b = (20_000, 8, 100, 256) if quick else (100_000, 8, 100, 256)
+    path = work / "reader-workers.h5"
+    bs.make_random_store(path, n, c, v, "fp16")
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(n, (b,), generator=g), torch.randint(v, (b,), generator=g))
+               for _ in range(100 if quick else 400)]
+
+    def lazy() -> float:
+        store = SoftLabelStore.open(path, preload=False)
+        store.view_logits(*batches[0])
+        t = time.perf_counter()
+        for sv in batches:
+            store.view_logits(*sv)
+        dt = time.perf_counter() - t
+        store.close()
+        return len(batches) * b / dt
+
+    def workers() -> float:
+        loader = torch.utils.data.DataLoader(_ViewReads(path, batches), batch_size=None,
+                                             num_workers=2, prefetch_factor=4)
+        it = iter(loader)
+        next(it)  # worker start-up is not read throughput
+        t = time.perf_counter()
+        got = sum(1 for _ in it)
+        return got * b / (time.perf_counter() - t)
+
+    res: dict[str, list[float]] = {"lazy, in process": [], "lazy, 2 loader workers": []}
+    for _ in range(3):
+        res["lazy, in process"].append(lazy())
+        res["lazy, 2 loader workers"].append(workers())
+    for m, vals in res.items():
+        report.add("reader", f"{m}, C={c} fp16, N={n}x{v}, batch {b}", statistics.median(vals),
+                   "rows/s", threads=THREADS, what="view logits")
+    log(f"reader with loader workers: {time.perf_counter() - t_all:.0f}s")
+
+
+def run_store_rss(report: Report, bs, quick: bool) -> None:
+    t = time.perf_counter()
+    for r in _store_rows(bs, lambda: bs.bench_rss(quick)):
+        if r["bench"] == "export_peak_rss":
+            report.add("rss", f"export N={r['n']:,} C={r['num_classes']} V={r['views']} "
+                       f"{r['format']} (8x8 images)", r["peak_rss_mib"], "MiB peak RSS",
+                       seconds=r["seconds"], store_mib=r["store_mib"])
+        else:
+            report.add("rss", f"peak RSS at N={r['n_large']:,} / at N={r['n_small']:,}",
+                       r["ratio"], "x", goal="<= 1.1 (flat)", met=r["ratio"] <= 1.1)
+    log(f"rss (bench_store.bench_rss): {time.perf_counter() - t:.0f}s")
+
+
+# ---- store figures measured here (224x224 RSS; fallbacks when bench_store is missing) ---------
 
 def run_bytes_section(report: Report, sizes: Sizes, work: Path) -> None:
     """Bytes per stored view, read from written files: the storage of every per-view dataset
@@ -554,8 +710,6 @@ def run_bytes_section(report: Report, sizes: Sizes, work: Path) -> None:
                 p.unlink()
     log(f"bytes section: {time.perf_counter() - t_all:.0f}s")
 
-
-# ---- reader ---------------------------------------------------------------------------------
 
 class _BatchReads(torch.utils.data.Dataset):
     """One item = one batch of (sample, view) rows: view logits + recipes, as a student reads."""
@@ -622,8 +776,6 @@ def run_reader_section(report: Report, sizes: Sizes, work: Path) -> None:
     log(f"reader section: {time.perf_counter() - t_all:.0f}s")
 
 
-# ---- peak RSS -------------------------------------------------------------------------------
-
 def rss_child(n: int, views: int, out: str) -> None:
     """Run in a fresh process: export an ImageNet-shaped store of N samples; print peak RSS."""
     from labelenh.store import teacher_from_model
@@ -665,7 +817,8 @@ def run_rss_section(report: Report, sizes: Sizes, work: Path) -> None:
 # ---- profiling ------------------------------------------------------------------------------
 
 def profile_case(name: str, sizes: Sizes, work: Path, steps: int = 20) -> None:
-    """cProfile of `steps` student steps of one config (top 30 by cumulative time)."""
+    """cProfile of `steps` student steps of one config, or with "data:<config>" of its batches
+    alone (top 25 functions by own time)."""
     from labelenh.data import load_dataset
     from labelenh.store import load_teachers
     from labelenh.views import ViewSpec
@@ -676,22 +829,31 @@ def profile_case(name: str, sizes: Sizes, work: Path, steps: int = 20) -> None:
     t110 = str(save_teacher(work / "resnet110.pt", "resnet110", k, seed=1,
                             calib=calibration_images(bundle)))
     store = work / "resnet110-ricap.h5"
-    if name in ("kd-sl", "aug-kd-sl+ricap"):
+    if name.removeprefix("data:") in ("kd-sl", "aug-kd-sl+ricap"):
         export(store, load_teachers([t110], "cpu", k), bundle.train, num_classes=k,
                views=sizes.store_views, spec=ViewSpec(op="ricap", pad=bundle.crop_pad),
-               mean=bundle.mean, std=bundle.std, dataset=bundle.name)
+               mean=bundle.mean, std=bundle.std, dataset=bundle.name, chunk_size=64)
+    data_only = name.startswith("data:")
+    name = name.removeprefix("data:")
     case = {"vanilla": StudentCase("vanilla"), "kd-sl": StudentCase("kd-sl", "kd-sl", str(store)),
             "vanilla+ricap": StudentCase("vanilla+ricap", aug="ricap"),
             "aug-kd-sl+ricap": StudentCase("aug-kd-sl+ricap", "kd-sl", str(store), aug="ricap"),
             "kd:resnet110": StudentCase("kd:resnet110", "kd", online=[t110])}[name]
-    engine, timed, _, _ = build_engine(case, dataset, bundle, sizes, work / "runs", steps)
-    engine._train_epoch(0)
+    engine, timed, task, _ = build_engine(case, dataset, bundle, sizes, work / "runs", steps)
+    if data_only:  # the batches alone, several epochs' worth
+        timed = DataOnly(task, task.steps_per_epoch)
+        run = timed.run
+        steps = task.steps_per_epoch
+    else:
+        run = engine._train_epoch
+    run(0)
     prof = cProfile.Profile()
     prof.enable()
-    engine._train_epoch(1)
+    for epoch in range(1, 2 if not data_only else 6):
+        run(epoch)
     prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
     print(buf.getvalue())
     print(f"median step {statistics.median(timed.times[steps:]) * 1e3:.1f} ms")
 
@@ -708,7 +870,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--jsonl", type=Path, default=None, help="also write the JSON lines here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
-    ap.add_argument("--profile", default=None, help="cProfile one student config instead")
+    ap.add_argument("--profile", default=None,
+                    help="cProfile one student config (or data:<config>, its batches) instead")
+    ap.add_argument("--own-store-figures", action="store_true",
+                    help="measure bytes/reader here instead of calling scripts/bench_store.py")
     ap.add_argument("--rss-child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
@@ -736,12 +901,23 @@ def main() -> None:
             run_student_section(report, sizes, work, sections)
         if "export" in sections:
             run_export_section(report, sizes, work)
+        bs = load_bench_store() if not args.own_store_figures else None
+        if bs is None:
+            log("store figures measured by this script (scripts/bench_store.py not used)")
         if "bytes" in sections:
-            run_bytes_section(report, sizes, work)
+            if bs:
+                run_store_bytes(report, bs)
+            else:
+                run_bytes_section(report, sizes, work)
         if "reader" in sections:
-            run_reader_section(report, sizes, work)
+            if bs:
+                run_store_reader(report, bs, args.quick, work)
+            else:
+                run_reader_section(report, sizes, work)
         if "rss" in sections:
-            run_rss_section(report, sizes, work)
+            if bs:
+                run_store_rss(report, bs, args.quick)
+            run_rss_section(report, sizes, work)  # real 224x224 images: the per-chunk memory
         total = time.perf_counter() - t0
         end_load = list(os.getloadavg())
         print(json.dumps({"figure": "run", "seconds": round(total, 1), "quick": args.quick,

@@ -1,7 +1,7 @@
 """The whole pipeline on the bundled CIFAR-10 subset, on a CPU in a few minutes:
 
     teach a resnet20  ->  export its soft labels (clean + RICAP views)  ->
-    students vanilla, sl, kd-sl, aug-sl  ->  one table of Acc@1 / NLL / ECE / Brier.
+    resnet8 students vanilla, sl, kd-sl, aug-sl  ->  one table of Acc@1 / NLL / ECE / Brier.
 
 Every step is a plain `labelenh` command, printed before it runs, so it can be copied.
 """
@@ -31,8 +31,9 @@ def run(args: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/quickstart", help="folder for runs and the store (replaced)")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--student-epochs", type=int, default=8)
+    ap.add_argument("--student-model", default="resnet8", help="a smaller student than the resnet20 teacher")
     ap.add_argument("--views", type=int, default=8, help="RICAP views per sample in the store")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
@@ -49,7 +50,7 @@ def main() -> None:
     run(["export-soft-labels", "--teacher", f"{runs}/teacher", "--dataset", "cifar10-mini", "--out", store,
          "--aug", "ricap", "--views", str(a.views), "--view-seed", "0", "--format", "fp16", "--device", a.device])
     run(["store", "info", store])
-    student = ["--model", "resnet20", "--epochs", str(a.student_epochs), "--batch-size", "128", "--lr", "0.1",
+    student = ["--model", a.student_model, "--epochs", str(a.student_epochs), "--batch-size", "128", "--lr", "0.1",
                "--nesterov", "--schedule", "cosine", "--warmup-epochs", "1", *common]
     students = {
         "vanilla": ["--method", "vanilla"],

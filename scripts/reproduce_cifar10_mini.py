@@ -6,8 +6,8 @@
 and the same on noisy labels (`--noise symmetric:0.4`) for vanilla, ls, gls (r<0), sl, kd-sl.
 Everything runs through the `labelenh` command line; every command is printed.
 
-Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `tiny` is a smoke run of a few
-minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the seeds'
+Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `small` in about 45 minutes;
+`tiny` is a smoke run of a few minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the seeds'
 240-epoch schedule is out of reach for 5k images, so it uses 200 epochs with cosine decay).
 """
 
@@ -25,6 +25,7 @@ BIN = Path(sys.executable).with_name("labelenh")
 BUDGETS = {
     #        teacher model, teacher epochs, student model, student epochs, views, seeds
     "tiny": dict(teacher="resnet8", t_epochs=2, student="resnet8", s_epochs=2, views=4, seeds=2, batch=128),
+    "small": dict(teacher="resnet14", t_epochs=10, student="resnet8", s_epochs=6, views=8, seeds=2, batch=128),
     "cpu": dict(teacher="resnet32", t_epochs=30, student="resnet20", s_epochs=15, views=16, seeds=3, batch=128),
     "gpu": dict(teacher="resnet56", t_epochs=200, student="resnet20", s_epochs=200, views=64, seeds=3, batch=128),
 }

@@ -209,6 +209,7 @@ def test_preloaded_and_lazy_agree_on_unsorted_repeated_rows(stores, fmt):
     # row by row equals the batched gather (the un-sort puts rows back in the caller's order)
     one = torch.cat([lazy.view_logits(samples[i:i + 1], views[i:i + 1]) for i in range(len(samples))])
     assert torch.equal(one, pre.view_logits(samples, views))
+    assert pre.teacher_names([1, "a"]) == ["b", "a"] and pre.teacher_names() == ["a", "b"]
     # -1 means the clean sample; ensemble selection by name or index
     assert torch.equal(pre.logits(samples, mixed, [1])[mixed < 0], pre.clean_logits(samples[mixed < 0], ["b"]))
     # a lazy store survives pickling (spawned workers) and reopens its maps

@@ -34,7 +34,7 @@ def export_soft_labels_cmd(
     ricap_beta: Annotated[float | None, typer.Option("--ricap-beta", rich_help_panel=H_VIEWS)] = None,
     mix_prob: Annotated[float | None, typer.Option("--mix-prob", help="Probability that a mix view mixes at all.", rich_help_panel=H_VIEWS)] = None,
     fmt: Annotated[str, typer.Option("--format", help="fp16 | fp32 | topk:K (K fp16 log-probs + indices + the row's logsumexp).", rich_help_panel=H_STORE)] = "fp16",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk. Part of the store: forward batches are cut at fixed places so resumes never change the bytes.", rich_help_panel=H_STORE)] = 256,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk (default 256; a resume reuses the store's). Recorded in the store: forward batches are cut at fixed places, so chunk order and resumes never change the bytes.", rich_help_panel=H_STORE)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
     device: c.Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help="auto (fp16 on CUDA) | off | fp16 | bf16; ignored on CPU.", rich_help_panel=c.H_RUN)] = "auto",
@@ -60,7 +60,7 @@ def export_soft_labels_cmd(
         raise LabelenhError(f"--aug {aug} needs --views N (views per sample), e.g. --views 32")
     if views and aug is None:
         raise LabelenhError(f"--views {views} needs --aug crop-flip|mixup|cutmix|ricap")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")

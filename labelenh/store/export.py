@@ -207,7 +207,7 @@ def export_soft_labels(
     spec: Any = None,
     view_seed: int = 0,
     fmt: str | LogitFormat = "fp16",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: str | torch.device = "cpu",
     amp: str = "auto",
     overwrite: bool = False,
@@ -221,9 +221,14 @@ def export_soft_labels(
 
     source: the train split (ImageSource: labels, load(idx), fingerprint(), image_shape).
     spec/num_views/view_seed: the views (num_views = 0: clean logits only).
-    fmt: "fp16" | "fp32" | "topk:K".  verify: re-run the teachers on this many random stored
-    rows afterwards and compare (LabelenhError when they differ)."""
+    fmt: "fp16" | "fp32" | "topk:K".  chunk_size: samples per chunk = images per teacher
+    forward; None = the existing store's (when resuming), else 256.  verify: re-run the teachers
+    on this many random stored rows afterwards and compare (LabelenhError when they differ)."""
     out = Path(out)
+    if out.is_dir():
+        raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
+    if chunk_size is None:
+        chunk_size = _existing_chunk_size(out) if not overwrite else DEFAULT_CHUNK_SIZE
     device = torch.device(device)
     amp = resolve_amp(amp, device)
     fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
@@ -271,6 +276,17 @@ def _check_args(teachers, source, num_classes, num_views, spec, chunk_size, veri
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
     if fmt.is_topk and fmt.k > num_classes:
         raise LabelenhError(f"--format topk:{fmt.k} exceeds the {num_classes} classes")
+
+
+def _existing_chunk_size(out: Path) -> int:
+    """The chunk size of the store at `out`, so that a resume needs no --batch-size."""
+    if not out.exists():
+        return DEFAULT_CHUNK_SIZE
+    try:
+        with open_h5(out) as f:
+            return int(read_root_attrs(f, out)["chunk_size"])
+    except (LabelenhError, KeyError, TypeError, ValueError):
+        return DEFAULT_CHUNK_SIZE  # not a store: _prepare says so
 
 
 def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:

@@ -228,6 +228,10 @@ class SoftLabelStore:
             "matching --dataset/--val-split/--noise"
         )
 
+    def teacher_names(self, teachers: list[str] | list[int] | None = None) -> list[str]:
+        """Names of the selected teachers (by name or index; None = all), checked."""
+        return self._teacher_names(teachers)
+
     def teacher_info(self, name: str) -> dict[str, Any]:
         if name not in self._teacher_attrs:
             raise LabelenhError(f"store {self.path.name} has no teacher {name!r}; it has {', '.join(self.teachers)}")

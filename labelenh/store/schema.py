@@ -31,7 +31,7 @@ Root attributes
 | labelenh_version | str         | package version                                                  |
 | git_commit       | str         | `git rev-parse HEAD` of the package checkout, or "unknown"       |
 | created          | str         | ISO-8601 UTC time the file was started                           |
-| complete         | bool        | False until every chunk is written and checked                   |
+| complete         | bool        | False until every chunk is written (then True)                   |
 
 Datasets (N samples, C classes, V views, K top-k, T teachers)
 
