@@ -7,6 +7,7 @@ rate schedule, AMP/channels-last, evaluation, checkpoints, resume and early stop
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -118,7 +119,12 @@ class Task(Protocol):
         """(logits [B, K], named loss terms whose sum is minimised)."""
         ...
 
-    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Clean (x, y) batches of a split. Under DDP the engine asks for one rank's part with
+        `eval_batches(split, shard=(rank, world))` when the method accepts `shard` (a contiguous
+        block of the unchanged batches, see `ImagePipeline.eval_batches`); else each rank
+        evaluates the whole split."""
+        ...
 
     def epoch_end(self, epoch: int) -> None: ...
 
@@ -150,7 +156,7 @@ def predict(
     was_training = model.training
     model.eval()
     dtype = autocast_dtype(amp, device)
-    outs, labels = [], []
+    outs, labels = [], []  # may stay empty: a rank's share of a small split
     for x, y in batches:
         x = x.to(device, non_blocking=True)
         if channels_last and device.type == "cuda":
@@ -160,6 +166,8 @@ def predict(
         outs.append(z.float().cpu())
         labels.append(y.cpu())
     model.train(was_training)
+    if not outs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs), torch.cat(labels)
 
 
@@ -231,6 +239,7 @@ class Engine:
             "epoch": self.epoch,
             "engine": {
                 "step": self.step,
+                "world_size": dist.world_size(),  # informative: a resume may use another
                 "best": self.best,
                 "bad_epochs": self.bad_epochs,
                 "history": self.history,
@@ -259,6 +268,11 @@ class Engine:
         self.epoch = int(ck["epoch"])
         eng = ck["engine"]
         self.step = int(eng["step"])
+        if int(eng.get("world_size", 1)) != dist.world_size():
+            # Another number of ranks has another number of steps per epoch. Checkpoints are
+            # taken at epoch ends, so the step is completed epochs x this world's steps per
+            # epoch: the learning-rate schedule continues from the same epoch.
+            self.step = self.epoch * self.steps_per_epoch
         self.best = dict(eng["best"])
         self.bad_epochs = int(eng["bad_epochs"])
         self.history = list(eng["history"])
@@ -305,23 +319,32 @@ class Engine:
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
             bar.advance(loss=float(loss.detach()))
         bar.close()
+        dist.average_buffers(self.model)  # BatchNorm statistics: one model on every rank
         self.task.epoch_end(epoch)
         totals = dist.all_reduce_sum([n_seen, n_correct, *sums.values()])
         n_seen, n_correct = int(totals[0]), int(totals[1])
-        out = {f"train_{k}": v / max(n_seen, 1) for k, v in zip(sums.keys(), totals[2:])}
+        out = {f"train_{k}": v / max(n_seen, 1) for k, v in zip(sums.keys(), totals[2:], strict=True)}
         out["train_acc"] = n_correct / max(n_seen, 1)
         out["train_time_s"] = time.perf_counter() - t0
         out["lr"] = learning_rate(cfg, max(self.step - 1, 0), steps)
         return out
 
     def evaluate(self, split: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Metrics, logits [N, K] and labels [N] of a split; under DDP every rank must call it
+        (each runs its block of batches, the rows are gathered in order on every rank)."""
+        world = dist.world_size()
+        sharded = world > 1 and _accepts_shard(self.task.eval_batches)
+        batches = (self.task.eval_batches(split, shard=(dist.rank(), world)) if sharded
+                   else self.task.eval_batches(split))
         logits, labels = predict(
             self.model,
-            self.task.eval_batches(split),
+            batches,
             device=self.device,
             amp=self.cfg.amp,
             channels_last=self.channels_last,
         )
+        if sharded:
+            logits, labels = dist.gather_rows(logits), dist.gather_rows(labels)
         return classification_metrics(logits, labels, n_bins=self.cfg.ece_bins), logits, labels
 
     @property
@@ -402,6 +425,13 @@ class Engine:
         }
 
 
+def _accepts_shard(fn: Callable[..., Any]) -> bool:
+    try:
+        return "shard" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 # Settings a resumed run may change: more epochs (the schedule is recomputed from them).
 RESUMABLE_KEYS = {"epochs"}
 
@@ -425,7 +455,13 @@ class _Bar:
     def __init__(self, enabled: bool, label: str, total: int) -> None:
         self.p = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.p = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -67,7 +67,8 @@ class ImagePipeline:
         world, rank = dist.world_size(), dist.rank()
         if world > 1:
             per_rank = -(-n // world)
-            perm = torch.cat([perm, perm[: per_rank * world - n]])[rank::world]
+            reps = -(-per_rank * world // n)
+            perm = perm.repeat(reps)[: per_rank * world][rank::world]
         batches = list(perm.split(self.batch_size))
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches.pop()  # a batch of one breaks BatchNorm in train mode
@@ -87,10 +88,21 @@ class ImagePipeline:
             samples=idx, views=torch.tensor([view]),
         )
 
-    def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Clean normalised (x [B, C, H, W], y [B]) batches of a split, in order.
+
+        shard=(rank, world): only that rank's contiguous block of the same batches (the blocks
+        of ranks 0..world-1 concatenate to the whole split). Batches keep the single-process
+        composition and shape, so each logit is computed exactly as in one process."""
         src = self.splits[split]
         n = len(src)
-        for start in range(0, n, self.eval_batch_size):
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise LabelenhError(f"eval shard {rank} of {world} does not exist")
+        starts = range(0, n, self.eval_batch_size)
+        per_rank = -(-len(starts) // world)
+        for start in starts[rank * per_rank:(rank + 1) * per_rank]:
             idx = torch.arange(start, min(start + self.eval_batch_size, n))
             x = src.load(idx).to(self.device, non_blocking=True).float()
             yield self.normalize(x), src.labels[idx.to(src.labels.device)].to(self.device)

@@ -47,10 +47,11 @@ class StudentSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("name"), d.pop("runs_dir"), d.pop("device")
+        d.pop("name"), d.pop("runs_dir"), d.pop("device"), d.pop("preload")
         return {"stage": "student", **d}
 
 
@@ -97,8 +98,8 @@ class StudentTask:
         self.method.observe(logits.detach().float(), inp)
         return logits, self.method.loss(logits.float(), inp)
 
-    def eval_batches(self, split: str):
-        return self.pipe.eval_batches(split)
+    def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)):
+        return self.pipe.eval_batches(split, shard)
 
     def epoch_end(self, epoch: int) -> None:
         self.method.epoch_end()
@@ -125,7 +126,9 @@ def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=pri
         return None, None
     from labelenh.store import SoftLabelStore
 
-    store = SoftLabelStore.open(s.store)
+    # Lazily (preload=False) every process maps the file itself and reads only the rows of its
+    # batches: under DDP, this rank's slice of each epoch.
+    store = SoftLabelStore.open(s.store, preload=s.preload)
     b = pipe.bundle
     store.check_dataset(b.name, b.train.fingerprint(), len(b.train), b.num_classes)
     ids = None
@@ -199,7 +202,7 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end)
     result = engine.fit(resume=resume)
+    _, logits, labels = engine.evaluate("test")  # on every rank: the logits are gathered
     if dist.is_main():
-        _, logits, labels = engine.evaluate("test")
         _write_reliability(run_dir / "reliability.png", logits, labels, s.train.ece_bins, name)
     return result.summary

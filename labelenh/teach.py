@@ -107,8 +107,8 @@ class TeacherTask:
         logits = model(batch.x)
         return logits, {"ce": soft_cross_entropy(logits, batch.inputs)}
 
-    def eval_batches(self, split: str):
-        return self.pipe.eval_batches(split)
+    def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)):
+        return self.pipe.eval_batches(split, shard)
 
     def epoch_end(self, epoch: int) -> None:
         pass
@@ -141,8 +141,8 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end)
     result = engine.fit(resume=resume)
+    _, logits, labels = engine.evaluate("test")  # on every rank: the logits are gathered
     if dist.is_main():
-        _, logits, labels = engine.evaluate("test")
         _write_reliability(run_dir / "reliability.png", logits, labels, s.train.ece_bins, name)
     return result.summary
 

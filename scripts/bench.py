@@ -81,11 +81,13 @@ class Sizes:
     reader_batches: int = 400
     rss_samples: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     rss_views: int = 2
+    thread_ab: bool = True  # also time whole steps with the batches made on 1 thread
 
 
 QUICK = Sizes(train_samples=384, store_views=2, rounds=3, steps=4, export_samples=128,
               export_views=3, export_reps=2, bytes_samples=256, bytes_views=2,
-              reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024])
+              reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024],
+              thread_ab=False)
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -256,12 +258,27 @@ def export(out: Path, teachers, source, *, num_classes: int, views: int, spec, f
 
 # ---- student steps --------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with n intra-op threads (None: as they are)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class TimedTask:
     """Wraps a StudentTask for `Engine._train_epoch`: yields `steps` of its batches and records
-    the time between consecutive batch requests, i.e. data preparation + training step."""
+    the time between consecutive batch requests, i.e. data preparation + training step.
+    data_threads: intra-op threads while the batch is made (a candidate patch, see PATCHES)."""
 
-    def __init__(self, task: Any, steps: int) -> None:
-        self.task, self.steps = task, steps
+    def __init__(self, task: Any, steps: int, data_threads: int | None = None) -> None:
+        self.task, self.steps, self.data_threads = task, steps, data_threads
         self.eval_splits = task.eval_splits
         self.steps_per_epoch = task.steps_per_epoch
         self.times: list[float] = []
@@ -270,7 +287,9 @@ class TimedTask:
         it = iter(self.task.train_batches(epoch))
         t = time.perf_counter()
         for _ in range(self.steps):
-            yield next(it)
+            with torch_threads(self.data_threads):
+                batch = next(it)  # the task's generator body runs here: the batch is made
+            yield batch
             now = time.perf_counter()
             self.times.append(now - t)
             t = now
@@ -291,7 +310,7 @@ class TimedTask:
 class FixedBatchTask(TimedTask):
     """The same prepared batch every step: the bare forward/backward/update of the student."""
 
-    def __init__(self, task: Any, steps: int) -> None:
+    def __init__(self, task: Any, steps: int, data_threads: int | None = None) -> None:
         super().__init__(task, steps)
         self.batch = next(iter(task.train_batches(0)))
 
@@ -327,15 +346,16 @@ class DataOnly:
     """A student config's batches without training: recipes, store reads, gather + apply,
     normalisation; what `TimedTask` measures minus the model's step."""
 
-    def __init__(self, task: Any, steps: int) -> None:
-        self.task, self.steps = task, steps
+    def __init__(self, task: Any, steps: int, threads: int | None = None) -> None:
+        self.task, self.steps, self.threads = task, steps, threads
         self.times: list[float] = []
 
     def run(self, epoch: int) -> None:
         it = iter(self.task.train_batches(epoch))
         for _ in range(self.steps):
             t = time.perf_counter()
-            next(it)
+            with torch_threads(self.threads):
+                next(it)
             self.times.append(time.perf_counter() - t)
 
 
@@ -346,6 +366,7 @@ class StudentCase:
     store: str | None = None
     aug: str | None = None
     online: list[str] = field(default_factory=list)
+    data_threads: int | None = None  # threads while batches are made (None: THREADS)
 
 
 def build_engine(case: StudentCase, dataset: str, bundle, sizes: Sizes, run_dir: Path,
@@ -375,7 +396,7 @@ def build_engine(case: StudentCase, dataset: str, bundle, sizes: Sizes, run_dir:
     torch.manual_seed(derive_seed(s.train.seed, "init"))
     model = build_model(s.model, bundle.num_classes)
     task = StudentTask(pipe, method, s, store, ids, online)
-    timed = (FixedBatchTask if fixed else TimedTask)(task, steps)
+    timed = (FixedBatchTask if fixed else TimedTask)(task, steps, case.data_threads)
     engine = Engine(model, timed, train, run_dir / case.name, device=device, run_config={},
                     checkpoint_meta={}, progress=False)
     return engine, timed, task, online
@@ -414,6 +435,10 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
         cases += [StudentCase("en-sl", "en-sl", str(store_ens)),
                   StudentCase("kd:resnet110", "kd", online=[t110]),
                   StudentCase("kd:ensemble", "kd", online=ens)]
+    if sizes.thread_ab:
+        cases += [StudentCase("vanilla [data 1 thread]", data_threads=1),
+                  StudentCase("aug-kd-sl+ricap [data 1 thread]", "kd-sl", str(store110),
+                              aug="ricap", data_threads=1)]
     runners: dict[str, Callable[[int], None]] = {}
     timers: dict[str, Any] = {}
     teachers_of: dict[str, list[nn.Module]] = {}
@@ -422,9 +447,10 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
                                                    sizes.steps)
         runners[case.name] = engine._train_epoch
         timers[case.name] = timed
-        if not case.online:
-            data = DataOnly(task, sizes.steps)
-            runners[f"data:{case.name}"], timers[f"data:{case.name}"] = data.run, data
+        if not case.online and case.data_threads is None:
+            for key, threads in (("data", None), ("data1", 1)):
+                data = DataOnly(task, sizes.steps, threads)
+                runners[f"{key}:{case.name}"], timers[f"{key}:{case.name}"] = data.run, data
         if case.name == "vanilla":
             vanilla_task = task
             engine_f, timed_f, _, _ = build_engine(StudentCase("train-step"), dataset, bundle,
@@ -465,9 +491,15 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
         report.add("student", f"{a} / {b}", v, "x", goal=f"<= {goal1}" if primary else None,
                    met=(v <= goal1) if primary else None)
     for case in cases:
-        if not case.online:
+        if not case.online and case.data_threads is None:
             report.add("student", f"data prep share of the {case.name} step",
                        ratio(f"data:{case.name}", case.name), "fraction")
+            report.add("student", f"{case.name} data prep on 1 thread / on {THREADS}",
+                       ratio(f"data1:{case.name}", f"data:{case.name}"), "x")
+    for case in cases:
+        if case.data_threads is not None:
+            base = case.name.split(" [")[0]
+            report.add("student", f"{case.name} / {base}", ratio(case.name, base), "x")
     if "online" in sections:
         for kd, sl, fwd in (("kd:resnet110", "kd-sl", "fwd:resnet110"),
                             ("kd:ensemble", "en-sl", "fwd:ensemble")):
@@ -799,19 +831,83 @@ def run_rss_section(report: Report, sizes: Sizes, work: Path) -> None:
     peaks = []
     for n in sizes.rss_samples:
         out = work / f"rss-{n}.h5"
-        p = subprocess.run([sys.executable, __file__, "--rss-child", str(n), str(sizes.rss_views),
-                            str(out)], capture_output=True, text=True, check=True)
+        patches = [a for name in PATCHES_APPLIED for a in ("--patch", name)]
+        p = subprocess.run([sys.executable, __file__, *patches, "--rss-child", str(n),
+                            str(sizes.rss_views), str(out)], capture_output=True, text=True,
+                           check=True)
         r = json.loads(p.stdout.strip().splitlines()[-1])
         out.unlink(missing_ok=True)
         peaks.append(r["peak_kb"] / 1024)
-        report.add("rss", f"ImageNet-shaped export N={n} V={sizes.rss_views} C=1000 fp16",
+        report.add("rss", f"export N={n:,} C=1000 V={sizes.rss_views} fp16 (3x224x224 images)",
                    r["peak_kb"] / 1024, "MiB peak RSS", after_imports_mib=r["before_kb"] / 1024,
                    store_mib=r["bytes"] / 2**20, rows_per_s=n * (1 + sizes.rss_views) / r["seconds"])
     growth = peaks[-1] / peaks[0]
     n0, n1 = sizes.rss_samples[0], sizes.rss_samples[-1]
-    report.add("rss", f"peak RSS at N={n1} / at N={n0} ({n1 // n0}x the rows)", growth, "x",
+    report.add("rss", f"peak RSS at N={n1:,} / at N={n0:,} (3x224x224 images)", growth, "x",
                goal="<= 1.1 (flat)", met=growth <= 1.1)
     log(f"rss section: {time.perf_counter() - t_all:.0f}s")
+
+
+# ---- candidate patches (tried here by monkeypatching; the library is not edited) -------------
+
+def _normalize_inplace(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """labelenh.data.normalize with the same operations in the same order, but in place on the
+    one fresh float tensor: (x / 255 - m) / s makes three full-size temporaries."""
+    from labelenh.errors import LabelenhError
+
+    fresh = not x.is_floating_point()
+    if fresh:
+        x = x.float()
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)  # [C, 1, 1]
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    if m.shape[0] != x.shape[-3] or s.shape[0] != x.shape[-3]:
+        raise LabelenhError(
+            f"normalize: {m.shape[0]} means / {s.shape[0]} stds for {x.shape[-3]} channels")
+    y = x.div_(255.0) if fresh else x / 255.0
+    return y.sub_(m).div_(s)
+
+
+def patch_normalize_inplace() -> None:
+    import labelenh.data
+    import labelenh.data.base
+    import labelenh.pipeline
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    for x in (u8, u8.float()):  # bit-identical to the library's function
+        assert torch.equal(labelenh.data.base.normalize(x.clone(), mean, std),
+                           _normalize_inplace(x.clone(), mean, std))
+    for mod in (labelenh.data, labelenh.data.base, labelenh.pipeline):
+        mod.normalize = _normalize_inplace
+
+
+def patch_export_normalize_owned() -> None:
+    """TeacherRunner._normalize owns its input in both call sites (a uint8 -> float copy of the
+    source images, or the fresh float images of gather_and_apply): normalise it in place, with
+    no temporary at all."""
+    from labelenh.store.export import TeacherRunner
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        x = x.float() if not x.is_floating_point() else x
+        return x.div_(255.0).sub_(self.mean).div_(self.std)
+
+    TeacherRunner._normalize = _normalize
+
+
+PATCHES: dict[str, Callable[[], None]] = {"normalize-inplace": patch_normalize_inplace,
+                                          "export-normalize-owned": patch_export_normalize_owned}
+PATCHES_APPLIED: list[str] = []
+
+
+def apply_patches(names: list[str]) -> None:
+    for name in names:
+        if name not in PATCHES:
+            raise SystemExit(f"unknown --patch {name!r}; choose from {', '.join(PATCHES)}")
+        PATCHES[name]()
+        PATCHES_APPLIED.append(name)
+        log(f"patched: {name}")
 
 
 # ---- profiling ------------------------------------------------------------------------------
@@ -874,9 +970,12 @@ def main() -> None:
                     help="cProfile one student config (or data:<config>, its batches) instead")
     ap.add_argument("--own-store-figures", action="store_true",
                     help="measure bytes/reader here instead of calling scripts/bench_store.py")
+    ap.add_argument("--patch", action="append", default=[],
+                    help=f"try a candidate library patch, monkeypatched: {', '.join(PATCHES)}")
     ap.add_argument("--rss-child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
+    apply_patches(args.patch)
     if args.rss_child:
         rss_child(int(args.rss_child[0]), int(args.rss_child[1]), args.rss_child[2])
         return
@@ -921,6 +1020,7 @@ def main() -> None:
         total = time.perf_counter() - t0
         end_load = list(os.getloadavg())
         print(json.dumps({"figure": "run", "seconds": round(total, 1), "quick": args.quick,
+                          "patches": PATCHES_APPLIED,
                           "loadavg_start": env["loadavg"], "loadavg_end": end_load}), flush=True)
         table = report.markdown()
         print("\n" + table)

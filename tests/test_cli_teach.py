@@ -9,7 +9,7 @@ import torch
 
 from clitools import assert_one_line_error, run_cli
 
-TINY = ["--dataset", "synthetic", "--model", "resnet8", "--epochs", "1", "--batch-size", "64",
+TINY = ["--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet8", "--epochs", "1", "--batch-size", "64",
         "--milestones", "5", "--device", "cpu"]
 
 
@@ -36,7 +36,7 @@ def test_teach_then_evaluate(teacher_run, tmp_path):
 
 def test_recipe_and_flag_precedence(tmp_path):
     rec = tmp_path / "r.toml"
-    rec.write_text('model = "resnet8"\ndataset = "synthetic"\nepochs = 1\nbatch_size = 64\nlr = 0.02\n'
+    rec.write_text('model = "resnet8"\ndataset = "synthetic:10:20"\nimage_size = 16\nepochs = 1\nbatch_size = 64\nlr = 0.02\n'
                    'milestones = [5]\n')
     r = run_cli("teach", "--recipe", rec, "--lr", "0.03", "--device", "cpu", "--name", "x", "--runs-dir", tmp_path)
     assert r.code == 0, r.err
@@ -58,7 +58,7 @@ def test_import_plain_state_dict(teacher_run, tmp_path):
     sd = torch.load(teacher_run / "checkpoint.pt", weights_only=True)["model"]
     plain = tmp_path / "plain.pt"
     torch.save({f"module.{k}": v for k, v in sd.items()}, plain)
-    r = run_cli("teach", "--checkpoint", plain, "--model", "resnet8", "--dataset", "synthetic",
+    r = run_cli("teach", "--checkpoint", plain, "--model", "resnet8", "--dataset", "synthetic:10:20", "--image-size", "16",
                 "--device", "cpu", "--name", "imp", "--runs-dir", tmp_path)
     assert r.code == 0, r.err
     got = json.loads((tmp_path / "imp" / "summary.json").read_text())["last"]["test"]
@@ -86,7 +86,7 @@ def test_import_plain_state_dict(teacher_run, tmp_path):
     ],
 )
 def test_bad_teach_input(tmp_path, args, needle):
-    base = ["--dataset", "synthetic", "--model", "resnet8", "--epochs", "1", "--device", "cpu"]
+    base = ["--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet8", "--epochs", "1", "--device", "cpu"]
     r = run_cli("teach", *base, *args, "--runs-dir", tmp_path)
     assert_one_line_error(r, needle)
     assert not any(tmp_path.rglob("checkpoint.pt"))
@@ -103,17 +103,17 @@ def test_unreadable_recipe(tmp_path):
 
 
 def test_checkpoint_for_another_model_or_class_count(teacher_run, tmp_path):
-    r = run_cli("evaluate", teacher_run, "--dataset", "synthetic", "--model", "resnet20", "--device", "cpu")
+    r = run_cli("evaluate", teacher_run, "--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet20", "--device", "cpu")
     assert r.code == 0  # a labelenh checkpoint names its own model; --model only matters for plain files
     sd = torch.load(teacher_run / "checkpoint.pt", weights_only=True)["model"]
     plain = tmp_path / "plain.pt"
     torch.save(sd, plain)
-    r = run_cli("evaluate", plain, "--dataset", "synthetic", "--model", "resnet20", "--device", "cpu")
+    r = run_cli("evaluate", plain, "--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet20", "--device", "cpu")
     assert_one_line_error(r, "resnet20")
     # synthetic has 10 classes like CIFAR-10, so use a genuinely different class count
     sd100 = {k: (torch.zeros(100, *v.shape[1:]) if k.startswith("fc.") else v) for k, v in sd.items()}
     torch.save(sd100, plain)
-    r = run_cli("evaluate", plain, "--dataset", "synthetic", "--model", "resnet8", "--device", "cpu")
+    r = run_cli("evaluate", plain, "--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet8", "--device", "cpu")
     assert_one_line_error(r, "fc.")
 
 

@@ -15,7 +15,7 @@ from labelenh.teach import DataSettings, TeachSettings, train_teacher
 
 def tiny(tmp_path, name="t", **train):
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, schedule="multistep", milestones=[1], **train)
-    return TeachSettings(model="resnet8", data=DataSettings(dataset="synthetic"), train=cfg,
+    return TeachSettings(model="resnet8", data=DataSettings(dataset="synthetic:10:20", image_size=16), train=cfg,
                          name=name, runs_dir=str(tmp_path), device="cpu")
 
 

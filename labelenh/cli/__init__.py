@@ -52,6 +52,10 @@ def fail(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from labelenh.distributed import cli_process
+
+    if not cli_process(sys.argv[1:] if argv is None else list(argv)):
+        return  # under torchrun: a command that rank 0 runs alone
     _register_commands()
     try:
         app(args=argv, standalone_mode=False)

@@ -37,19 +37,15 @@ def evaluate(
     if ece_bins < 1:
         raise LabelenhError(f"--ece-bins must be at least 1, got {ece_bins}")
     path = resolve_checkpoint_path(checkpoint)
+    given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
+                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size)
     if dataset is None:
-        # A labelenh checkpoint remembers the data it was trained on.
-        cfg = read_checkpoint(path).get("config") or {}
-        d = cfg.get("data") or {}
-        dataset = d.get("dataset")
-        data_root = data_root or d.get("data_root")
-        val_split = val_split if val_split is not None else d.get("val_split")
-        split_seed = split_seed if split_seed is not None else d.get("split_seed")
-        if dataset is None:
+        # A labelenh checkpoint remembers the data it was trained on; flags still win.
+        saved = (read_checkpoint(path).get("config") or {}).get("data") or {}
+        if not saved.get("dataset"):
             raise LabelenhError(f"{path} does not say which dataset it was trained on: pass --dataset")
-    data = DataSettings(dataset=dataset, data_root=data_root, val_split=val_split or 0.0,
-                        split_seed=split_seed or 0, noise=noise, noisy_labels=noisy_labels,
-                        noise_seed=noise_seed or 0, image_size=image_size)
+        given = {**saved, **{k: v for k, v in given.items() if v is not None}}
+    data = DataSettings(**{k: v for k, v in given.items() if v is not None})
     result, logits, labels = evaluate_checkpoint(path, data, split=split, model_name=model, ece_bins=ece_bins,
                                                  device=device)
     print_metrics({f"{path.parent.name}/{path.name} on {result['dataset']} {split}": result})

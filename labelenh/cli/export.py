@@ -47,6 +47,7 @@ def export_soft_labels_cmd(
 
     An interrupted export resumes when rerun with the same arguments."""
     from labelenh.data import load_dataset
+    from labelenh.distributed import init_from_env
     from labelenh.store.export import export_soft_labels, human_bytes, load_teachers
     from labelenh.utils import resolve_device
     from labelenh.views import ViewSpec
@@ -64,7 +65,7 @@ def export_soft_labels_cmd(
         raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
-    dev = resolve_device(device)
+    dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
     bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
                           noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
                           image_size=image_size)

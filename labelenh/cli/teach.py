@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from labelenh.cli import common as c
+from labelenh.distributed import env_rank
 from labelenh.errors import LabelenhError
 from labelenh.utils import write_json
 
@@ -54,6 +55,8 @@ def teach(
     if checkpoint is not None:
         if seeds or resume:
             raise LabelenhError("--checkpoint loads a trained teacher: it cannot be combined with --seeds or --resume")
+        if env_rank() != 0:
+            return  # under torchrun, rank 0 alone imports and evaluates
         summary = import_teacher(checkpoint, model_name, data, name=name, runs_dir=str(runs_dir),
                                  device=device, ece_bins=v.get("ece_bins", 15))
         _print_table(summary["name"], summary["last"]["test"])
@@ -77,7 +80,7 @@ def teach(
         members.append(run_name)
         _print_table(run_name, summary["last"]["test"])
         print(f"run folder: {Path(runs_dir) / run_name}")
-    if len(seed_list) > 1:
+    if len(seed_list) > 1 and env_rank() == 0:
         index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
         write_json(Path(runs_dir) / index / "ensemble.json",
                    {"members": [str(Path(runs_dir) / m) for m in members], "seeds": seed_list,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from labelenh import distributed as dist
 from labelenh.errors import LabelenhError
+from labelenh.store import shards
 from labelenh.store.lock import ExportLock
 from labelenh.store.reader import SoftLabelStore, open_h5, read_root_attrs
 from labelenh.store.schema import (
@@ -227,8 +231,11 @@ def export_soft_labels(
     out = Path(out)
     if out.is_dir():
         raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
+    rank, world = dist.rank(), dist.world_size()
     if chunk_size is None:
-        chunk_size = _existing_chunk_size(out) if not overwrite else DEFAULT_CHUNK_SIZE
+        # rank 0 decides: the others may not open the store while rank 0 holds it open
+        chunk_size = dist.broadcast_object(
+            (DEFAULT_CHUNK_SIZE if overwrite else _existing_chunk_size(out)) if rank == 0 else None)
     device = torch.device(device)
     amp = resolve_amp(amp, device)
     fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
@@ -240,20 +247,109 @@ def export_soft_labels(
                        dataset_meta=dataset_meta)
     if dry_run:
         return ExportResult(out, estimate_size(plan), plan.num_chunks, dry_run=True, plan=plan)
+    if world > 1:
+        _check_same_plan(plan)
 
     t0 = time.perf_counter()
-    with ExportLock(out):
-        state = _prepare(out, plan, overwrite)
-        runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
-                               device=device, amp=amp)
-        result = ExportResult(out, 0, plan.num_chunks, plan=plan, already_complete=state == "complete")
+    runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
+                           device=device, amp=amp)
+    result = ExportResult(out, 0, plan.num_chunks, plan=plan)
+    lock = ExportLock(out) if rank == 0 else None
+    writer: StoreWriter | None = None
+    try:
+        # Rank 0 alone locks, creates or checks the store and absorbs shards left by an earlier
+        # run; then every rank learns which chunks are missing.
+        msg, state, done = None, "", np.zeros(0, dtype=bool)
+        if rank == 0:
+            try:
+                lock.acquire()
+                state = _prepare(out, plan, overwrite)
+                writer, done = _open_for_writing(out, plan, state)
+            except LabelenhError as e:
+                msg = str(e)
+        msg, state, done = dist.broadcast_object((msg, state, done))
+        if msg is not None:
+            raise LabelenhError(msg)
+        result.already_complete = state == "complete"
         if state != "complete":
-            _write_chunks(out, plan, runner, spec, result, progress, on_chunk)
-        result.size_bytes = out.stat().st_size
+            todo = [c for c in range(plan.num_chunks) if not done[c]]
+            result.chunks_resumed = plan.num_chunks - len(todo)
+            mine = todo[rank::world]  # chunk-aligned: the i-th missing chunk goes to rank i % world
+            bar = _ProgressBar(progress and rank == 0, plan, result.chunks_resumed if world == 1 else 0,
+                               total=None if world == 1 else len(mine),
+                               label="export" if world == 1 else f"export (rank 0 of {world})")
+            with bar:
+                if rank == 0:
+                    _write_chunks(writer, plan, runner, spec, mine, mine, result, bar, on_chunk, rank)
+                elif mine:
+                    _write_shard(out, plan, runner, spec, mine, result, bar, on_chunk, rank, world)
+            dist.barrier()  # every shard is written and closed
+            if rank == 0:
+                for path in shards.find_shards(out):
+                    result.chunks_written += shards.absorb(writer, plan, path)
+                missing = int((~writer.done()).sum())
+                if missing:
+                    raise LabelenhError(f"{out}: {missing} chunks are still missing after merging the shards; "
+                                        "rerun the same command to finish the store")
+                writer.finish()  # complete only now that every chunk of every shard is in
+        if out.exists():
+            result.size_bytes = out.stat().st_size
         result.seconds = time.perf_counter() - t0
-        if verify:
+        if verify and rank == 0:
             result.verify = verify_rows(out, runner, verify, seed=view_seed)
+    finally:
+        if writer is not None:
+            writer.close()
+        if lock is not None:
+            lock.release()
     return result
+
+
+def _open_for_writing(out: Path, plan: StorePlan, state: str) -> tuple[StoreWriter | None, np.ndarray]:
+    """(writer or None when complete, bool [chunks] done) for a prepared store; the finished
+    chunks of shards that an interrupted multi-process run left are copied in first."""
+    found = shards.find_shards(out)
+    if state != "resume":  # a new (or overwritten) store, or a complete one: shards are stale
+        for path in found:
+            shards.discard(path)
+        return None if state == "complete" else StoreWriter(out, plan), np.full(
+            plan.num_chunks, state == "complete", dtype=bool)
+    writer = StoreWriter(out, plan)
+    try:
+        for path in found:
+            shards.absorb(writer, plan, path)
+        return writer, writer.done()
+    except BaseException:
+        writer.close()
+        raise
+
+
+def _check_same_plan(plan: StorePlan) -> None:
+    """Every rank must be about to write the same store (same data, teachers, arguments)."""
+    mine = json.dumps(plan.identity(), sort_keys=True)
+    every = dist.all_gather_object(mine)
+    bad = [r for r, ident in enumerate(every) if ident != every[0]]
+    if bad:
+        a, b = json.loads(every[0]), json.loads(every[bad[0]])
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise LabelenhError(
+            f"rank {bad[0]} would export another store than rank 0 (they differ in: {', '.join(keys)}): "
+            "give every process the same dataset, teachers and arguments"
+        )
+
+
+def _write_shard(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, chunks: list[int],
+                 result: ExportResult, bar: _ProgressBar, on_chunk: Callable[[int], None] | None,
+                 rank: int, world: int) -> None:
+    path = shards.shard_path(out, rank)
+    with ExportLock(path):
+        sp = shards.create_shard(path, plan, chunks, rank, world)
+        writer = StoreWriter(path, sp)
+        try:
+            _write_chunks(writer, plan, runner, spec, chunks, list(range(len(chunks))), result, bar,
+                          on_chunk, rank)
+        finally:
+            writer.close()
 
 
 def _check_args(teachers, source, num_classes, num_views, spec, chunk_size, verify, fmt) -> None:
@@ -310,37 +406,36 @@ def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
     return "complete" if bool(attrs.get("complete")) else "resume"
 
 
-def _write_chunks(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, result: ExportResult,
-                  progress: bool, on_chunk: Callable[[int], None] | None) -> None:
-    writer = StoreWriter(out, plan)
-    try:
-        done = writer.done()
-        todo = [c for c in range(plan.num_chunks) if not done[c]]
-        result.chunks_resumed = plan.num_chunks - len(todo)
-        bar = _ProgressBar(progress, plan, result.chunks_resumed)
-        pending: tuple[int, Future] | None = None
+def _write_chunks(writer: StoreWriter, plan: StorePlan, runner: TeacherRunner, spec: Any,
+                  chunks: list[int], slots: list[int], result: ExportResult, bar: _ProgressBar,
+                  on_chunk: Callable[[int], None] | None, rank: int = 0) -> None:
+    """Compute the store's `chunks` and write chunk chunks[i] as the writer's chunk slots[i]
+    (the same numbers in the store itself, 0, 1, ... in a shard)."""
+    pending: tuple[int, Future] | None = None
+    crash_after = shards.crash_point(rank)
 
-        def settle() -> None:
-            nonlocal pending
-            if pending is not None:
-                c, fut = pending
-                pending = None
-                fut.result()  # re-raises a failed write
-                result.chunks_written += 1
-                bar.advance(plan.chunk_bounds(c))
-                if on_chunk is not None:
-                    on_chunk(c)
+    def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            c, fut = pending
+            pending = None
+            fut.result()  # re-raises a failed write
+            result.chunks_written += 1
+            bar.advance(plan.chunk_bounds(c))
+            if on_chunk is not None:
+                on_chunk(c)
+            if crash_after is not None and result.chunks_written >= crash_after:
+                print(f"labelenh: {shards.CRASH_ENV}: rank {rank} dies after {result.chunks_written} chunks",
+                      file=sys.stderr, flush=True)
+                os._exit(75)
 
-        # One background writer: chunk c is written while chunk c + 1 is computed.
-        with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
-            for c in todo:
-                payload = compute_chunk(plan, runner, spec, c)
-                settle()
-                pending = (c, pool.submit(writer.write_chunk, c, *payload))
+    # One background writer: chunk c is written while chunk c + 1 is computed.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+        for c, slot in zip(chunks, slots, strict=True):
+            payload = compute_chunk(plan, runner, spec, c)
             settle()
-        writer.finish()
-    finally:
-        writer.close()
+            pending = (c, pool.submit(writer.write_chunk, slot, *payload))
+        settle()
 
 
 @torch.inference_mode()
@@ -465,10 +560,13 @@ def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 
 class _ProgressBar:
     """A rich progress bar over chunks (samples/s), or nothing."""
 
-    def __init__(self, enabled: bool, plan: StorePlan, done: int) -> None:
+    def __init__(self, enabled: bool, plan: StorePlan, done: int, *, total: int | None = None,
+                 label: str = "export") -> None:
         self.enabled = enabled
         self.plan = plan
         self.done = done
+        self.total = plan.num_chunks if total is None else total
+        self.label = label
         self._p = None
 
     def __enter__(self) -> _ProgressBar:
@@ -483,11 +581,11 @@ class _ProgressBar:
                 TimeRemainingColumn,
             )
 
-            self._p = Progress(TextColumn("[bold]export[/] chunks"), BarColumn(), MofNCompleteColumn(),
+            self._p = Progress(TextColumn(f"[bold]{self.label}[/] chunks"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                console=Console(stderr=True))
             self._p.__enter__()
-            self._task = self._p.add_task("export", total=self.plan.num_chunks, completed=self.done, rate="")
+            self._task = self._p.add_task("export", total=self.total, completed=self.done, rate="")
             self._t0, self._n = time.perf_counter(), 0
         return self
 
