@@ -16,7 +16,7 @@ Layout (`format = "labelenh.checkpoint"`, `version = 1`):
 from __future__ import annotations
 
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,14 @@ def plain(obj: Any) -> Any:
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload = plain({"format": FORMAT, "version": VERSION, **payload})
-    return atomic_write(path, lambda p: torch.save(payload, p))
+
+    def write(p: Path) -> None:
+        # Through a Python file object: a full disk then raises OSError(ENOSPC), which
+        # atomic_write reports as such; torch.save(path) would raise an opaque RuntimeError.
+        with open(p, "wb") as f:
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -58,12 +65,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LabelenhError(f"checkpoint {path} does not exist: pass a .pt file or a run folder")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise LabelenhError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - any file at all may be passed: garbage raises anything
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        unsafe = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported operand" in ln), None)
+        if isinstance(e, pickle.UnpicklingError) and (unsafe or "Weights only" in str(e)):
+            raise LabelenhError(
+                f"{path} holds Python objects that a checkpoint may not contain "
+                f"({unsafe or 'refused by the weights-only loader'}): refused for safety, nothing "
+                "was executed; save tensors only, e.g. torch.save(model.state_dict(), path)"
+            ) from None
+        reason = (lines[0] if lines else type(e).__name__)[:160]
         raise LabelenhError(
-            f"{path} is not a loadable checkpoint ({reason}): it may be truncated or hold "
-            "arbitrary Python objects, which are refused for safety"
+            f"{path} is not a loadable checkpoint ({reason}): it may be truncated, damaged or not "
+            "a torch file; pass a .pt written by labelenh or torch.save"
         ) from None
     if not isinstance(obj, dict):
         raise LabelenhError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state_dict")

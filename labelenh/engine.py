@@ -24,7 +24,7 @@ from labelenh import distributed as dist
 from labelenh.checkpoint import read_checkpoint, save_checkpoint
 from labelenh.errors import LabelenhError
 from labelenh.metrics import classification_metrics
-from labelenh.utils import derive_seed, environment, write_json
+from labelenh.utils import atomic_write, derive_seed, environment, write_json
 
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -304,7 +304,8 @@ class Engine:
             if not torch.isfinite(loss.detach()):
                 raise LabelenhError(
                     f"the training loss became {loss.item()} at epoch {epoch + 1}, step {self.step + 1}: "
-                    "lower --lr, or use --amp bf16/off instead of fp16"
+                    "lower --lr, check the method's parameters, "
+                    "or use --amp bf16/off instead of fp16"
                 )
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -386,8 +387,10 @@ class Engine:
                 save_checkpoint(self.run_dir / "checkpoint.pt", state)
                 if improved:
                     save_checkpoint(self.run_dir / "best.pt", state)
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                # Rewritten whole and atomically from the history (which the checkpoint holds):
+                # a kill never leaves a half line, and a resume never loses or repeats an epoch.
+                lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
+                atomic_write(self.run_dir / "metrics.jsonl", lambda p, t=lines: p.write_text(t))
                 _print_epoch(record)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, record)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from labelenh.errors import LabelenhError
 from labelenh.metrics import CalibrationBins, calibration_bins, classification_metrics
+from labelenh.utils import atomic_write
 
 
 def _figure(width: float, height: float) -> Any:
@@ -125,10 +126,7 @@ def reliability_grid(
         ax_rel = fig.add_subplot(grid[2 * r, c])
         ax_hist = fig.add_subplot(grid[2 * r + 1, c], sharex=ax_rel)
         _draw(ax_rel, ax_hist, bins, stats, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
 def reliability_diagram(
@@ -177,10 +175,7 @@ def accuracy_ece_scatter(
     ax.legend(fontsize=8, frameon=False, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
 def training_curves(
@@ -208,7 +203,4 @@ def training_curves(
         ax.grid(True, alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7, frameon=False, loc="best")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))

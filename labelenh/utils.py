@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -80,13 +81,46 @@ def resolve_device(name: str) -> torch.device:
     raise LabelenhError(f"--device {name!r} is not one of auto, cpu, cuda")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+# Why a write failed, and what to do about it, by errno (ENOSPC, read-only folders, ...).
+WRITE_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free space or choose another {where}"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another {where}"),
+    errno.EFBIG: ("file too large for this file system", "choose another {where}"),
+    errno.EROFS: ("read-only file system", "choose a writable {where}"),
+    errno.EACCES: ("permission denied", "choose a writable {where} or fix the folder's permissions"),
+    errno.EPERM: ("operation not permitted", "choose a writable {where} or fix the folder's permissions"),
+    errno.ENOTDIR: ("a file stands where a folder is needed", "choose another {where}"),
+    errno.EEXIST: ("a file stands where a folder is needed", "choose another {where}"),
+    errno.EISDIR: ("the path is a folder", "pass a file path in {where}"),
+}
+OUTPUT_FLAGS = "--out/--runs-dir"
+
+
+def write_error(e: OSError, path: str | Path, *, where: str = OUTPUT_FLAGS,
+                kept: str | None = None) -> BaseException:
+    """A LabelenhError (one line: the problem, the fix, what is kept) for an OSError raised while
+    writing `path`; the OSError itself when its errno is not a known write failure."""
+    known = WRITE_ERRORS.get(e.errno or -1)
+    if known is None:
+        return e
+    reason, fix = known
+    if kept is None:
+        intact = Path(path).is_file() and e.errno not in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)
+        kept = f"the previous {Path(path).name} is intact" if intact else "nothing was written"
+    return LabelenhError(f"{reason} while writing {path}: {fix.format(where=where)}; {kept}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, where: str = OUTPUT_FLAGS) -> Path:
     """Write through a temporary sibling, fsync, then rename: a crash never leaves a truncated file
-    under the final name (the previous version stays intact until the rename)."""
+    under the final name (the previous version stays intact until the rename). A full disk or a
+    read-only folder raises LabelenhError naming the file; the previous version stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(e, path, where=where) from None
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
@@ -98,6 +132,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise write_error(e, path, where=where) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from labelenh.errors import LabelenhError
+from labelenh.utils import atomic_write
 
 
 def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
@@ -82,7 +83,4 @@ def render_views_grid(
         sheet.paste(tile, (x0, y0))
         for j, text in enumerate(captions[i]):
             draw.text((x0, y0 + h * scale + 2 + j * line_h), text, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
-    return path
+    return atomic_write(Path(path), lambda p: sheet.save(p, format="PNG"))

@@ -2,32 +2,40 @@
 
 The claim: a student trained from the store runs at the speed of plain training, while the
 teacher's cost is paid once, at export. Every figure here is a ratio of two things timed in the
-same process, on the same data, model and batch size, with torch.set_num_threads(THREADS),
-interleaved (A B C A B C ...) over rounds; ratios are medians of the per-round ratios, so load
-from other processes that drifts between rounds cancels out.
+same process, on the same data, model and batch size, with torch.set_num_threads(2),
+interleaved (A B C A B C ...) over rounds; a ratio is the median of the per-round ratios, so
+load from other processes that drifts between rounds cancels out.
 
 Figures (one JSON line each, then a Markdown table):
-  student   step time of a student epoch from the store (kd-sl; aug-kd-sl with RICAP views)
-            / the same student's vanilla epoch                                   goal <= 1.05
-  online    online kd step / store kd-sl step, for resnet110 -> resnet20 and for a 3-teacher
-            ensemble (online kd vs en-sl), as a fraction of the ideal
-            (vanilla step + teachers' forward) / vanilla step                    goal >= 0.90
-  export    export throughput (rows/s) / bare teacher inference (images/s)       goal >= 0.95
-  bytes     bytes per stored view: dense fp16, fp32, top-5, top-10 at C = 10, 100, 1000
-  reader    rows/s of (view logits + recipes): preloaded, lazy, lazy with 2 loader workers
-  rss       peak RSS of an ImageNet-shaped export (3x224x224, C = 1000) at growing N: flat
+  student  step time of a student epoch from the store (kd-sl; aug-kd-sl with RICAP views)
+           / the same student's vanilla epoch (crop/flip; RICAP drawn on the fly)   <= 1.05
+  online   online kd step / store kd-sl step, resnet110 -> resnet20 and a 3-teacher ensemble
+           (online kd vs en-sl), as a fraction of the ideal
+           (vanilla step + teachers' forward) / vanilla step, all timed here        >= 0.90
+  export   export_soft_labels rows/s / the teacher's bare forward (inference mode,
+           pre-made tensors, the export's block shapes), resnet110 teacher          >= 0.95
+  bytes    bytes per stored view (dense fp16, fp32, top-5, top-10; C = 10, 100, 1000)
+  reader   rows/s: preloaded, lazy, and lazy through a DataLoader with 2 workers
+  rss      peak RSS of an ImageNet-shaped export (C = 1000) as N grows: flat       <= 1.1x
+bytes, reader (preloaded, lazy) and the N = 1.28 M RSS run come from scripts/bench_store.py's
+functions when that file is there (its one-thread settings kept); this script adds the loader
+workers and an export of real-size 3x224x224 images.
 
-A student "step" is everything an epoch pays per batch: the recipes (sampled, or read from the
-store), gathering and applying the views, store reads, the forward/backward/update of
-`Engine._train_epoch` (timed between consecutive batch requests of the engine). Teachers are
-untrained (timing does not depend on the weights): they are saved as labelenh checkpoints and
-loaded through the same functions as `labelenh student --teacher` and `export-soft-labels`.
+A student "step" is everything an epoch pays per batch: the recipes (drawn, or read from the
+store), gathering and applying the views, store reads, normalisation, and the forward, backward
+and update of `Engine._train_epoch` (timed between consecutive batch requests of the engine).
+`data:<config>` rows time the batches alone, `train-step` one prepared batch over and over.
+Teachers are untrained (timing does not depend on the weights; BatchNorm statistics are set
+from 256 images so that logits stay finite): saved as labelenh checkpoints and loaded by the
+functions behind `labelenh student --teacher` and `labelenh export-soft-labels`.
 
 Usage:
-  python scripts/bench.py --quick              # every figure, small sizes (< 5 min on 2 cores)
-  python scripts/bench.py                      # the figures in BENCHMARKS.md
+  python scripts/bench.py --quick            # every figure, small sizes (< 5 min on 2 cores)
+  python scripts/bench.py --jsonl b.jsonl    # the sizes of BENCHMARKS.md
   python scripts/bench.py --only student,online --rounds 9
-  python scripts/bench.py --profile kd-sl      # cProfile of 20 steps of one student config
+  python scripts/bench.py --profile kd-sl    # cProfile 20 steps of one config (data:kd-sl:
+                                             # its batches alone)
+  python scripts/bench.py --patch normalize-inplace ...   # try a candidate library patch
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ class Sizes:
     store_views: int = 4  # RICAP views per sample in the student's store
     rounds: int = 7  # interleaved rounds of student steps
     steps: int = 8  # steps per config per round
-    export_samples: int = 1024  # samples of the export-throughput run
+    export_samples: int = 512  # samples of the export-throughput run
     export_views: int = 3
     export_reps: int = 3
     bytes_samples: int = 256
@@ -79,15 +87,15 @@ class Sizes:
     reader_views: int = 8
     reader_classes: int = 100
     reader_batches: int = 400
-    rss_samples: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
+    rss_samples: list[int] = field(default_factory=lambda: [512, 2048, 8192])
     rss_views: int = 2
-    thread_ab: bool = True  # also time whole steps with the batches made on 1 thread
+    probes: bool = True  # also time the online teachers' forward under inference_mode
 
 
 QUICK = Sizes(train_samples=384, store_views=2, rounds=3, steps=4, export_samples=128,
               export_views=3, export_reps=2, bytes_samples=256, bytes_views=2,
               reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024],
-              thread_ab=False)
+              probes=False)
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -274,11 +282,10 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 class TimedTask:
     """Wraps a StudentTask for `Engine._train_epoch`: yields `steps` of its batches and records
-    the time between consecutive batch requests, i.e. data preparation + training step.
-    data_threads: intra-op threads while the batch is made (a candidate patch, see PATCHES)."""
+    the time between consecutive batch requests, i.e. data preparation + training step."""
 
-    def __init__(self, task: Any, steps: int, data_threads: int | None = None) -> None:
-        self.task, self.steps, self.data_threads = task, steps, data_threads
+    def __init__(self, task: Any, steps: int) -> None:
+        self.task, self.steps = task, steps
         self.eval_splits = task.eval_splits
         self.steps_per_epoch = task.steps_per_epoch
         self.times: list[float] = []
@@ -287,9 +294,7 @@ class TimedTask:
         it = iter(self.task.train_batches(epoch))
         t = time.perf_counter()
         for _ in range(self.steps):
-            with torch_threads(self.data_threads):
-                batch = next(it)  # the task's generator body runs here: the batch is made
-            yield batch
+            yield next(it)
             now = time.perf_counter()
             self.times.append(now - t)
             t = now
@@ -310,7 +315,7 @@ class TimedTask:
 class FixedBatchTask(TimedTask):
     """The same prepared batch every step: the bare forward/backward/update of the student."""
 
-    def __init__(self, task: Any, steps: int, data_threads: int | None = None) -> None:
+    def __init__(self, task: Any, steps: int) -> None:
         super().__init__(task, steps)
         self.batch = next(iter(task.train_batches(0)))
 
@@ -327,8 +332,11 @@ class TeacherForward:
     """The online teachers' forward exactly as StudentTask.loss runs it, on real student batches
     prepared before timing starts."""
 
-    def __init__(self, teachers: list[nn.Module], task: Any, steps: int) -> None:
+    def __init__(self, teachers: list[nn.Module], task: Any, steps: int,
+                 inference_mode: bool = False) -> None:
         self.teachers, self.steps = teachers, steps
+        # StudentTask.loss uses no_grad; inference_mode (no version counters) is the candidate
+        self.mode = torch.inference_mode if inference_mode else torch.no_grad
         it = iter(task.train_batches(0))
         self.xs = [next(it).x for _ in range(min(steps, task.steps_per_epoch))]
         self.times: list[float] = []
@@ -337,7 +345,7 @@ class TeacherForward:
         for i in range(self.steps):
             x = self.xs[i % len(self.xs)]
             t = time.perf_counter()
-            with torch.no_grad():
+            with self.mode():
                 torch.stack([m(x).float() for m in self.teachers], dim=1)  # [B, M, C]
             self.times.append(time.perf_counter() - t)
 
@@ -366,7 +374,6 @@ class StudentCase:
     store: str | None = None
     aug: str | None = None
     online: list[str] = field(default_factory=list)
-    data_threads: int | None = None  # threads while batches are made (None: THREADS)
 
 
 def build_engine(case: StudentCase, dataset: str, bundle, sizes: Sizes, run_dir: Path,
@@ -396,7 +403,7 @@ def build_engine(case: StudentCase, dataset: str, bundle, sizes: Sizes, run_dir:
     torch.manual_seed(derive_seed(s.train.seed, "init"))
     model = build_model(s.model, bundle.num_classes)
     task = StudentTask(pipe, method, s, store, ids, online)
-    timed = (FixedBatchTask if fixed else TimedTask)(task, steps, case.data_threads)
+    timed = (FixedBatchTask if fixed else TimedTask)(task, steps)
     engine = Engine(model, timed, train, run_dir / case.name, device=device, run_config={},
                     checkpoint_meta={}, progress=False)
     return engine, timed, task, online
@@ -435,10 +442,6 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
         cases += [StudentCase("en-sl", "en-sl", str(store_ens)),
                   StudentCase("kd:resnet110", "kd", online=[t110]),
                   StudentCase("kd:ensemble", "kd", online=ens)]
-    if sizes.thread_ab:
-        cases += [StudentCase("vanilla [data 1 thread]", data_threads=1),
-                  StudentCase("aug-kd-sl+ricap [data 1 thread]", "kd-sl", str(store110),
-                              aug="ricap", data_threads=1)]
     runners: dict[str, Callable[[int], None]] = {}
     timers: dict[str, Any] = {}
     teachers_of: dict[str, list[nn.Module]] = {}
@@ -447,7 +450,7 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
                                                    sizes.steps)
         runners[case.name] = engine._train_epoch
         timers[case.name] = timed
-        if not case.online and case.data_threads is None:
+        if not case.online:
             for key, threads in (("data", None), ("data1", 1)):
                 data = DataOnly(task, sizes.steps, threads)
                 runners[f"{key}:{case.name}"], timers[f"{key}:{case.name}"] = data.run, data
@@ -461,6 +464,10 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
     for name, teachers in teachers_of.items():
         fwd = TeacherForward(teachers, vanilla_task, sizes.steps)
         runners[f"fwd:{name[3:]}"], timers[f"fwd:{name[3:]}"] = fwd.run, fwd
+        if sizes.probes and name == "kd:resnet110":
+            fwd = TeacherForward(teachers, vanilla_task, sizes.steps, inference_mode=True)
+            key = f"fwd:{name[3:]} [inference_mode]"
+            runners[key], timers[key] = fwd.run, fwd
 
     names = list(runners)
     log(f"student steps: {len(names)} configs x {sizes.rounds} rounds x {sizes.steps} steps "
@@ -477,11 +484,16 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
             per_round[name].append(statistics.median(timers[name].times[n0:]))
     ms = {n: statistics.median(timers[n].times) * 1e3 for n in names}
     for n in names:
-        report.add("step", n, ms[n], "ms/step", batch=sizes.batch_size,
-                   steps=len(timers[n].times), rounds=sizes.rounds)
+        ts = sorted(timers[n].times)
+        report.add("step", n, ms[n], "ms/step", batch=sizes.batch_size, steps=len(ts),
+                   rounds=sizes.rounds, p90_ms=ts[int(0.9 * (len(ts) - 1))] * 1e3)
 
     def ratio(a: str, b: str) -> float:  # median over rounds of the paired ratio
         return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+    def spread(a: str, b: str) -> list[float]:  # the per-round ratios' range
+        rs = [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
+        return [min(rs), max(rs)]
 
     goal1 = 1.05
     for a, b in (("kd-sl", "vanilla"), ("aug-kd-sl+ricap", "vanilla+ricap"),
@@ -489,17 +501,17 @@ def run_student_section(report: Report, sizes: Sizes, work: Path, sections: set[
         v = ratio(a, b)
         primary = not (a == "aug-kd-sl+ricap" and b == "vanilla")
         report.add("student", f"{a} / {b}", v, "x", goal=f"<= {goal1}" if primary else None,
-                   met=(v <= goal1) if primary else None)
+                   met=(v <= goal1) if primary else None, round_range=spread(a, b),
+                   ratio_of_medians=ms[a] / ms[b])
     for case in cases:
-        if not case.online and case.data_threads is None:
+        if not case.online:
             report.add("student", f"data prep share of the {case.name} step",
                        ratio(f"data:{case.name}", case.name), "fraction")
             report.add("student", f"{case.name} data prep on 1 thread / on {THREADS}",
                        ratio(f"data1:{case.name}", f"data:{case.name}"), "x")
-    for case in cases:
-        if case.data_threads is not None:
-            base = case.name.split(" [")[0]
-            report.add("student", f"{case.name} / {base}", ratio(case.name, base), "x")
+    if "fwd:resnet110 [inference_mode]" in per_round:
+        report.add("online", "teacher forward, inference_mode / no_grad (resnet110)",
+                   ratio("fwd:resnet110 [inference_mode]", "fwd:resnet110"), "x")
     if "online" in sections:
         for kd, sl, fwd in (("kd:resnet110", "kd-sl", "fwd:resnet110"),
                             ("kd:ensemble", "en-sl", "fwd:ensemble")):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from clitools import assert_one_line_error, run_cli
 
 TINY = ["--dataset", "synthetic:10:20", "--image-size", "16", "--model", "resnet8", "--epochs", "1", "--batch-size", "64",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from labelenh.errors import LabelenhError
@@ -44,6 +43,28 @@ def _register_commands() -> None:
             register(app)
 
 
+def _classes(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class `name` and typer's copy of it (typer vendors its own click, whose
+    exceptions are not click's): both must end as one line, never a traceback."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for mod in ("click.exceptions", "typer._click.exceptions", "typer"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+USAGE_ERRORS = _classes("UsageError")
+CLICK_ERRORS = _classes("ClickException")
+ABORTS = _classes("Abort")
+EXITS = _classes("Exit")
+
+
 def fail(message: str) -> None:
     """Print one line naming the problem and exit 2."""
     first = " ".join(str(message).split())  # one line, whatever the message held
@@ -61,14 +82,26 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except LabelenhError as e:
         fail(str(e))
-    except click.exceptions.UsageError as e:
-        hint = f" (see `labelenh {e.ctx.command_path.split(' ', 1)[-1]} --help`)" if e.ctx else ""
-        fail(f"{e.format_message()}{hint}")
-    except click.exceptions.Abort:
+    except USAGE_ERRORS as e:
+        sub, ctx = [], getattr(e, "ctx", None)
+        while ctx is not None and ctx.parent is not None:  # e.g. ["store", "info"]; [] at the top
+            sub.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        fail(f"{e.format_message() or 'no command given'} (see `labelenh {' '.join([*sub, '--help'])}`)")
+    except CLICK_ERRORS as e:
+        fail(e.format_message())
+    except ABORTS:
         print("labelenh: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except click.exceptions.Exit as e:
-        raise SystemExit(e.exit_code) from None
+    except EXITS as e:
+        raise SystemExit(getattr(e, "exit_code", 0)) from None
     except KeyboardInterrupt:
         print("labelenh: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # A path the commands did not check themselves (a file where a folder belongs, a
+        # full disk, a read-only folder): one line, not a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        fail(f"{e.strerror or e}{where}: check the path, its permissions and the free space")

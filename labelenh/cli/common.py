@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,32 +22,32 @@ H_DATA = "Data"
 H_OPT = "Optimisation"
 H_RUN = "Run"
 
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="cifar10 | cifar100 | stl10 | fashionmnist | imagenet | folder:PATH | npz:PATH | cifar10-mini | synthetic", rich_help_panel=H_DATA)]
-DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the dataset in torchvision's on-disk format (never downloaded).", rich_help_panel=H_DATA)]
-ValSplit = Annotated[Optional[float], typer.Option("--val-split", help="Fraction of train held out for validation/early stopping, in (0, 1).", rich_help_panel=H_DATA)]
-SplitSeed = Annotated[Optional[int], typer.Option("--split-seed", help="Seed of the validation split.", rich_help_panel=H_DATA)]
-Noise = Annotated[Optional[str], typer.Option("--noise", help="Synthetic label noise: symmetric:RATE or pairflip:RATE.", rich_help_panel=H_DATA)]
-NoisyLabels = Annotated[Optional[str], typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
-NoiseSeed = Annotated[Optional[int], typer.Option("--noise-seed", help="Seed of the synthetic label noise.", rich_help_panel=H_DATA)]
-ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Resize folder/ImageNet images to this size.", rich_help_panel=H_DATA)]
+Dataset = Annotated[str | None, typer.Option("--dataset", help="cifar10 | cifar100 | stl10 | fashionmnist | imagenet | folder:PATH | npz:PATH | cifar10-mini | synthetic", rich_help_panel=H_DATA)]
+DataRoot = Annotated[str | None, typer.Option("--data-root", help="Folder holding the dataset in torchvision's on-disk format (never downloaded).", rich_help_panel=H_DATA)]
+ValSplit = Annotated[float | None, typer.Option("--val-split", help="Fraction of train held out for validation/early stopping, in (0, 1).", rich_help_panel=H_DATA)]
+SplitSeed = Annotated[int | None, typer.Option("--split-seed", help="Seed of the validation split.", rich_help_panel=H_DATA)]
+Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label noise: symmetric:RATE or pairflip:RATE.", rich_help_panel=H_DATA)]
+NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
+NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help="Seed of the synthetic label noise.", rich_help_panel=H_DATA)]
+ImageSize = Annotated[int | None, typer.Option("--image-size", help="Resize folder/ImageNet images to this size.", rich_help_panel=H_DATA)]
 
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.", rich_help_panel=H_OPT)]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (per process under torchrun).", rich_help_panel=H_OPT)]
-Lr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", rich_help_panel=H_OPT)]
-Momentum = Annotated[Optional[float], typer.Option("--momentum", rich_help_panel=H_OPT)]
-Nesterov = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", rich_help_panel=H_OPT)]
-WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", rich_help_panel=H_OPT)]
-Schedule = Annotated[Optional[str], typer.Option("--schedule", help="multistep | cosine | constant, or a preset: default (240 ep, 150/180/210), long (350 ep, 150/200/250/300).", rich_help_panel=H_OPT)]
-Milestones = Annotated[Optional[str], typer.Option("--milestones", help="Comma-separated epochs for multistep decay, e.g. 150,180,210.", rich_help_panel=H_OPT)]
-Gamma = Annotated[Optional[float], typer.Option("--gamma", help="Multistep decay factor.", rich_help_panel=H_OPT)]
-Warmup = Annotated[Optional[int], typer.Option("--warmup-epochs", help="Linear warm-up epochs.", rich_help_panel=H_OPT)]
-Patience = Annotated[Optional[int], typer.Option("--patience", help="Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off.", rich_help_panel=H_OPT)]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and augmentation.", rich_help_panel=H_OPT)]
-Amp = Annotated[Optional[str], typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", rich_help_panel=H_OPT)]
-EceBins = Annotated[Optional[int], typer.Option("--ece-bins", help="Equal-width ECE bins.", rich_help_panel=H_OPT)]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.", rich_help_panel=H_OPT)]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size (per process under torchrun).", rich_help_panel=H_OPT)]
+Lr = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=H_OPT)]
+Momentum = Annotated[float | None, typer.Option("--momentum", rich_help_panel=H_OPT)]
+Nesterov = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", rich_help_panel=H_OPT)]
+WeightDecay = Annotated[float | None, typer.Option("--weight-decay", rich_help_panel=H_OPT)]
+Schedule = Annotated[str | None, typer.Option("--schedule", help="multistep | cosine | constant, or a preset: default (240 ep, 150/180/210), long (350 ep, 150/200/250/300).", rich_help_panel=H_OPT)]
+Milestones = Annotated[str | None, typer.Option("--milestones", help="Comma-separated epochs for multistep decay, e.g. 150,180,210.", rich_help_panel=H_OPT)]
+Gamma = Annotated[float | None, typer.Option("--gamma", help="Multistep decay factor.", rich_help_panel=H_OPT)]
+Warmup = Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs.", rich_help_panel=H_OPT)]
+Patience = Annotated[int | None, typer.Option("--patience", help="Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off.", rich_help_panel=H_OPT)]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed of initialisation, data order and augmentation.", rich_help_panel=H_OPT)]
+Amp = Annotated[str | None, typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", rich_help_panel=H_OPT)]
+EceBins = Annotated[int | None, typer.Option("--ece-bins", help="Equal-width ECE bins.", rich_help_panel=H_OPT)]
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda", rich_help_panel=H_RUN)]
-Name = Annotated[Optional[str], typer.Option("--name", help="Run folder name under --runs-dir.", rich_help_panel=H_RUN)]
+Name = Annotated[str | None, typer.Option("--name", help="Run folder name under --runs-dir.", rich_help_panel=H_RUN)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.", rich_help_panel=H_RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint.", rich_help_panel=H_RUN)]
 
@@ -74,7 +74,42 @@ def read_recipe(path: Path | None, allowed: set[str]) -> dict[str, Any]:
     unknown = sorted(set(rec) - allowed - {"description"})
     if unknown:
         raise LabelenhError(f"recipe {path} has unknown keys {unknown}; valid keys: {', '.join(sorted(allowed))}")
+    for key, value in rec.items():
+        want = _recipe_types().get(key)
+        if want is not None and not _is_a(value, want):
+            raise LabelenhError(f"recipe {path}: {key} must be {_TYPE_WORDS[want]}, got {value!r}; fix the file")
     return rec
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "a list of integers (or a comma-separated string)", dict: "a table of KEY = VALUE"}
+
+
+def _recipe_types() -> dict[str, type]:
+    """The TOML type each recipe key must have (a wrong one would otherwise surface as a
+    TypeError deep inside training)."""
+    import typing
+
+    out: dict[str, type] = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        base = typing.get_origin(hint) or hint
+        if base in _TYPE_WORDS:
+            out[name] = base
+    out.update(dataset=str, data_root=str, val_split=float, split_seed=int, noise=str, noisy_labels=str,
+               noise_seed=int, image_size=int, model=str, aug=str, method=str, store=str, params=dict,
+               description=str)
+    return out
+
+
+def _is_a(value: Any, want: type) -> bool:
+    if want is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is list:
+        return isinstance(value, str) or (isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value))
+    return isinstance(value, want)
 
 
 def parse_int_list(text: str | list[int] | None, what: str) -> list[int] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,11 +21,11 @@ def evaluate(
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
     ece_bins: Annotated[int, typer.Option("--ece-bins", help="Equal-width ECE bins.")] = 15,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
-    diagram: Annotated[Optional[Path], typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
+    diagram: Annotated[Path | None, typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
     device: c.Device = "auto",
 ) -> None:
     """Evaluate a trained model: accuracy and calibration on a dataset split."""
@@ -54,7 +54,9 @@ def evaluate(
         if str(json_out) == "-":
             print(text)
         else:
-            json_out.write_text(text + "\n")
+            from labelenh.utils import atomic_write
+
+            atomic_write(json_out, lambda p: p.write_text(text + "\n"), where="--json")
     out = diagram or path.parent / f"reliability-{split}.png"
     try:
         from labelenh.plots import reliability_diagram

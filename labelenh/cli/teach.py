@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,12 +19,12 @@ def register(app: typer.Typer) -> None:
 
 
 def teach(
-    model: Annotated[Optional[str], typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME")] = None,
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Train one teacher per seed, e.g. 0,1,2 (an ensemble).")] = None,
-    aug: Annotated[Optional[str], typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME")] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Train one teacher per seed, e.g. 0,1,2 (an ensemble).")] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
@@ -35,7 +35,13 @@ def teach(
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
-    from labelenh.teach import DataSettings, TeachSettings, default_run_name, import_teacher, train_teacher
+    from labelenh.teach import (
+        DataSettings,
+        TeachSettings,
+        default_run_name,
+        import_teacher,
+        train_teacher,
+    )
     from labelenh.views import ViewSpec
 
     rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"})

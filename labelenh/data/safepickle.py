@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import importlib
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,17 @@ def torch_load_numpy(path: Path) -> Any:
     refuses; rather than an unrestricted load, the NumPy array globals are allowed, nothing else.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the errors say enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as e:
         raise LabelenhError(f"cannot read {path} with torch.load: {e}") from e
     allowed = [(obj, name) for name, obj in _numpy_globals().items()]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

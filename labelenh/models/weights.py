@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"weights file {path} does not exist; pass the path of a saved state_dict"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": one line, the error's
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         # torch's own message advises weights_only=False, which would run arbitrary code
         raise LabelenhError(

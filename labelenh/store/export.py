@@ -10,6 +10,14 @@ cuDNN) kernels pick algorithms by batch shape and their last bits differ between
 
 Memory is independent of N: one chunk (chunk_size x (1 + V) logits per teacher) is in flight
 at a time, plus the one being written by a background thread while the next is computed.
+
+Under `torchrun` (a process group is up) every rank calls `export_soft_labels` with the same
+arguments. Rank 0 alone takes the store's lock, creates or checks the store and deals the
+missing chunks out (the i-th to rank i % world); rank 0 writes its chunks into the store, every
+other rank into its own shard file, and after a barrier rank 0 merges the shards in and marks
+the store complete (`labelenh.store.shards`). As chunks are the same fixed blocks whichever
+process computes them, the store equals a single-process export (bit for bit on CPU). A rank
+that dies leaves the store incomplete; a rerun, with any number of processes, resumes.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from labelenh.store.schema import (
 )
 from labelenh.store.topk import kl_rows, topk_compress, topk_dense
 from labelenh.store.writer import StoreWriter, TeacherChunk, create_store, estimate_size
+from labelenh.utils import write_error
 
 KL_BLOCK_ROWS = 2048  # bounds the float64 temporaries of the top-k error
 
@@ -297,6 +306,9 @@ def export_soft_labels(
         result.seconds = time.perf_counter() - t0
         if verify and rank == 0:
             result.verify = verify_rows(out, runner, verify, seed=view_seed)
+    except OSError as e:  # a full disk or a read-only folder while writing chunks
+        raise write_error(e, out, where="--out", kept="the chunks already written are kept: "
+                          "rerun the same command to resume") from None
     finally:
         if writer is not None:
             writer.close()

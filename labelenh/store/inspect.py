@@ -7,14 +7,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from labelenh.errors import LabelenhError
-from labelenh.store.reader import check_structure, logit_format, open_h5, read_root_attrs
+from labelenh.store.reader import (
+    check_structure,
+    content_problems,
+    logit_format,
+    open_h5,
+    read_root_attrs,
+)
 from labelenh.store.schema import TEACHER_JSON_ATTRS, bytes_per_view, decode_attrs
-
-SCAN_BYTES = 64 << 20  # rows read at a time by the NaN/Inf scan
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -110,48 +113,17 @@ def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: st
             written = np.repeat(prog.astype(bool), int(a["chunk_size"]))[:n]
             if not np.array_equal(stored[written], want[written]):
                 problems.append("stored labels differ from the dataset's")
-        fmt = logit_format(a)
-        scanned = 0
-        for name in a["teachers"]:
-            for part in ("clean", "views") if v else ("clean",):
-                base = f"teachers/{name}/{part}"
-                arrays = [f"{base}/values", f"{base}/lse"] if fmt.is_topk else [base]
-                for ds_name in arrays:
-                    bad = _scan_nonfinite(f[ds_name])
-                    scanned += f[ds_name].size
-                    if bad:
-                        problems.append(f"/{ds_name} holds {bad} NaN/Inf values")
-                if fmt.is_topk and _scan_max(f[f"{base}/indices"]) >= c:
-                    problems.append(f"/{base}/indices has class ids >= {c}")
-        if v and "partners" in (f["views/recipes"].dtype.names or ()):
-            if _scan_max(f["views/recipes"], "partners") >= n:
-                problems.append(f"/views/recipes names partner samples >= {n}")
+        for t in a["teachers"]:
+            try:
+                decode_attrs(f[f"teachers/{t}"].attrs, TEACHER_JSON_ATTRS)
+            except LabelenhError as e:
+                problems.append(f"teacher {t}: {e}")
+        found, scanned = content_problems(f.__getitem__, a)  # NaN/Inf, index ranges, recipes
+        problems += found
     if problems:
         raise LabelenhError(f"store {path} failed verification: {'; '.join(problems)}")
     return {"path": str(path), "ok": True, "num_samples": n, "num_classes": c, "num_views": v,
             "values_scanned": scanned, "fingerprint": a["fingerprint"]}
-
-
-def _rows_per_read(ds: h5py.Dataset) -> int:
-    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-    return max(1, SCAN_BYTES // row)
-
-
-def _scan_nonfinite(ds: h5py.Dataset) -> int:
-    step, bad = _rows_per_read(ds), 0
-    for i in range(0, ds.shape[0], step):
-        bad += int((~np.isfinite(ds[i:i + step])).sum())
-    return bad
-
-
-def _scan_max(ds: h5py.Dataset, field: str | None = None) -> int:
-    step, top = _rows_per_read(ds), -1
-    for i in range(0, ds.shape[0], step):
-        block = ds[i:i + step]
-        block = block[field] if field else block
-        if block.size:
-            top = max(top, int(block.max()))
-    return top
 
 
 def _num(x: Any) -> float | None:

@@ -27,9 +27,17 @@ class ExportLock:
         self._fd: int | None = None
 
     def acquire(self) -> ExportLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from labelenh.utils import write_error
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # e.g. a file where the folder should be
+            raise write_error(e, self.store, where="--out") from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only folder: nothing written yet
+                raise write_error(e, self.store, where="--out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -61,7 +61,10 @@ def open_h5(path: str | Path, mode: str = "r", *, locking: bool | None = None) -
 
 def read_root_attrs(f: h5py.File, path: str | Path) -> dict[str, Any]:
     """Root attributes, checked to be a labelenh store of a schema this code reads."""
-    attrs = decode_attrs(f.attrs)
+    try:
+        attrs = decode_attrs(f.attrs)
+    except LabelenhError as e:
+        raise LabelenhError(f"store {path}: {e}") from None
     if attrs.get("format") != FORMAT:
         raise LabelenhError(
             f"{path} is not a labelenh soft-label store (HDF5 without format={FORMAT!r}): pass a file written by export-soft-labels"
@@ -75,7 +78,58 @@ def read_root_attrs(f: h5py.File, path: str | Path) -> dict[str, Any]:
                if k not in attrs]
     if missing:
         raise LabelenhError(f"store {path} lacks attributes {missing}: the file is damaged; re-export it")
+    _check_attrs(attrs, path)
     return attrs
+
+
+def _check_attrs(a: dict[str, Any], path: str | Path) -> None:
+    """Types, ranges and consistency of the root attributes: a damaged or hand-edited file is
+    refused here with one line, before any number in it sizes an array or an index."""
+    from labelenh.store.schema import sanitize_name
+
+    def bad(key: str, want: str) -> LabelenhError:
+        got = repr(a.get(key))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        return LabelenhError(f"store {path}: attribute {key} = {got} is not {want}: the file is damaged; re-export it")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key, lo in (("num_samples", 1), ("num_classes", 2), ("num_views", 0), ("topk", 0),
+                    ("chunk_size", 1), ("num_chunks", 1)):
+        if not is_int(a[key]) or a[key] < lo:
+            raise bad(key, f"an integer >= {lo}")
+    n, cs = a["num_samples"], a["chunk_size"]
+    if a["num_chunks"] != -(-n // cs):
+        raise bad("num_chunks", f"ceil(num_samples / chunk_size) = {-(-n // cs)}")
+    if a["logit_format"] not in ("fp16", "fp32", "topk"):
+        raise bad("logit_format", "fp16, fp32 or topk")
+    if a["logit_format"] == "topk" and not 1 <= a["topk"] <= a["num_classes"]:
+        raise bad("topk", f"in [1, num_classes = {a['num_classes']}]")
+    t = a["teachers"]
+    if (not isinstance(t, list) or not t or not all(isinstance(x, str) and x == sanitize_name(x) for x in t)
+            or len(set(t)) != len(t)):
+        raise bad("teachers", "a JSON list of distinct teacher names")
+    for key in ("fingerprint", "dataset"):
+        if not isinstance(a[key], str):
+            raise bad(key, "a string")
+    if not isinstance(a["complete"], bool):
+        raise bad("complete", "a boolean")
+    size = a.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v >= 1 for v in size)):
+        raise bad("image_size", "a JSON list [H, W] of positive integers")
+    if a["num_views"]:
+        if not is_int(a.get("view_seed")):
+            raise bad("view_seed", "an integer")
+        if not isinstance(a.get("view_spec"), dict):
+            raise bad("view_spec", "a JSON object")
+        from labelenh.views import ViewSpec
+
+        try:
+            ViewSpec.from_dict(a["view_spec"])
+        except (LabelenhError, TypeError) as e:
+            raise LabelenhError(f"store {path}: attribute view_spec is not a valid view spec ({e}): "
+                                "the file is damaged; re-export it") from None
 
 
 def expected_datasets(attrs: dict[str, Any]) -> list[tuple[str, tuple[int, ...], np.dtype | None]]:
@@ -117,6 +171,63 @@ def check_structure(f: h5py.File, attrs: dict[str, Any], path: str | Path) -> No
         want = recipe_dtype(ViewSpec.from_dict(attrs["view_spec"]))
         if f["views/recipes"].dtype != want:
             raise LabelenhError(f"store {path}: /views/recipes has dtype {f['views/recipes'].dtype}, expected {want}: re-export it")
+
+
+SCAN_BYTES = 64 << 20  # rows read at a time by the content scan
+
+
+def _rows_per_read(arr: Any, itemsize: int | None = None) -> int:
+    row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * (itemsize or arr.dtype.itemsize))
+    return max(1, SCAN_BYTES // row)
+
+
+def content_problems(get: Any, attrs: dict[str, Any]) -> tuple[list[str], int]:
+    """(problems, logits scanned) of a store's arrays: NaN/Inf logits, labels or top-k class ids
+    out of range, view recipes that cannot come from the store's view spec (a crop offset beyond
+    the pad, a partner index >= N, a box outside the image). `get(name)` returns an h5py dataset
+    or a numpy array; both are read in blocks of rows, so memory stays bounded."""
+    from labelenh.views import Recipes, ViewSpec
+
+    n, c, v = int(attrs["num_samples"]), int(attrs["num_classes"]), int(attrs["num_views"])
+    fmt = logit_format(attrs)
+    problems: list[str] = []
+    scanned = 0
+    labels = get("labels")
+    lo_hi = [(int(b.min()), int(b.max())) for b in _blocks(labels) if b.size]
+    if lo_hi and (min(x for x, _ in lo_hi) < 0 or max(y for _, y in lo_hi) >= c):
+        problems.append(f"/labels holds class ids outside [0, {c})")
+    for name in attrs["teachers"]:
+        for part in ("clean", "views") if v else ("clean",):
+            base = f"teachers/{name}/{part}"
+            for ds_name in ([f"{base}/values", f"{base}/lse"] if fmt.is_topk else [base]):
+                arr = get(ds_name)
+                bad = sum(int((~np.isfinite(b)).sum()) for b in _blocks(arr))
+                scanned += int(np.prod(arr.shape, dtype=np.int64))
+                if bad:
+                    problems.append(f"/{ds_name} holds {bad} NaN/Inf values")
+            if fmt.is_topk and any(b.size and int(b.max()) >= c for b in _blocks(get(f"{base}/indices"))):
+                problems.append(f"/{base}/indices has class ids >= {c}")
+    if v:
+        spec = ViewSpec.from_dict(attrs["view_spec"])
+        size = tuple(attrs["image_size"])
+        rec = get("views/recipes")
+        step = _rows_per_read(rec, itemsize=rec.dtype.itemsize * 8)  # decoded as int64 tensors
+        for i in range(0, n, step):
+            block = np.asarray(rec[i:i + step])  # [b, V] records
+            rows = np.arange(i, i + len(block))
+            try:
+                Recipes.from_struct(block, spec, size, samples=np.repeat(rows, v),
+                                    views=np.tile(np.arange(v), len(block)), num_samples=n)
+            except LabelenhError as e:
+                problems.append(f"/views/recipes of samples {i}..{i + len(block) - 1}: {e}")
+                break
+    return problems, scanned
+
+
+def _blocks(arr: Any):
+    step = _rows_per_read(arr)
+    for i in range(0, arr.shape[0], step):
+        yield np.asarray(arr[i:i + step])
 
 
 class SoftLabelStore:
@@ -178,6 +289,13 @@ class SoftLabelStore:
             if preload is None:
                 preload = total <= max_preload_bytes
             arrays = {name: f[name][()] for name in layout} if preload else None
+        if arrays is not None:
+            # In memory anyway: refuse damaged contents now, before a run writes anything.
+            # (Lazy stores are checked batch by batch as they are read.)
+            problems, _ = content_problems(arrays.__getitem__, attrs)
+            if problems:
+                raise LabelenhError(f"store {path} is damaged: {'; '.join(problems)}: re-export it "
+                                    "(`labelenh store verify` lists every problem)")
         return cls(path, attrs, teacher_attrs, layout, arrays)
 
     def __enter__(self) -> SoftLabelStore:
@@ -339,11 +457,17 @@ class SoftLabelStore:
             g = f"teachers/{name}/{part}"
             if self.format.is_topk:
                 idx = torch.from_numpy(self._take(f"{g}/indices", rows).astype(np.int64))
+                if idx.numel() and int(idx.max()) >= c:
+                    raise LabelenhError(f"store {self.path}: /{g}/indices holds class ids >= {c}: the file "
+                                        "is damaged; re-export it")
                 val = torch.from_numpy(self._take(f"{g}/values", rows))
                 lse = torch.from_numpy(self._take(f"{g}/lse", rows))
                 out[:, m] = topk_dense(idx, val, lse, c)
             else:
                 out[:, m] = torch.from_numpy(self._take(g, rows))
+        if not bool(torch.isfinite(out).all()):  # a lazy store is checked here, batch by batch
+            raise LabelenhError(f"store {self.path} holds NaN/Inf {part} logits: the file is damaged; "
+                                "re-export it (`labelenh store verify` lists every problem)")
         return out
 
     def _array(self, name: str):

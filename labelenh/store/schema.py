@@ -314,7 +314,8 @@ def decode_attrs(attrs: Any, json_keys: tuple[str, ...] = JSON_ATTRS) -> dict[st
             try:
                 val = json.loads(val)
             except json.JSONDecodeError:
-                raise LabelenhError(f"store attribute {key!r} is not valid JSON: the file is damaged; re-export it") from None
+                raise LabelenhError(f"attribute {key!r} is not valid JSON (attributes are parsed, never "
+                                    "evaluated): the file is damaged; re-export it") from None
         out[key] = val
     return out
 

@@ -55,13 +55,29 @@ def write_skeleton(f: h5py.File, plan: StorePlan, *, allocate: bool = True) -> N
 
 def create_store(path: Path, plan: StorePlan) -> None:
     """Write the skeleton to a temporary sibling, then rename it to `path` (atomic)."""
+    from labelenh.utils import write_error
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
             write_skeleton(f, plan)
+        fsync(tmp)  # on disk before the rename makes it the store (a power cut included)
         os.replace(tmp, path)
+        fsync(path.parent)
+    except OSError as e:  # a full disk or read-only folder: `path` is untouched
+        raise write_error(e, path, where="--out") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync(path: Path) -> None:
+    """Push a file's (or a folder's entries') written pages to the disk: h5py's flush only hands
+    them to the operating system, which may reorder them on the way to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def metadata_bytes(plan: StorePlan) -> int:
@@ -136,7 +152,8 @@ class StoreWriter:
                     f[f"{g}/{part}"][s0:s1] = arr
             if out.kl is not None:
                 f[f"{g}/topk_kl"][c] = np.asarray(out.kl, dtype=np.float64)
-        f.flush()  # the data first ...
+        f.flush()  # the data first (on the disk: a flag must never arrive before its data) ...
+        fsync(self.path)
         self.progress[c] = 1
         f.flush()  # ... then the flag that says it is there
 
@@ -151,8 +168,10 @@ class StoreWriter:
                 g.attrs["topk_kl_clean"] = np.float64(sums[:, 0].sum() / n)
                 g.attrs["topk_kl_views"] = np.float64(sums[:, 1].sum() / (n * v)) if v else np.float64(np.nan)
         f.flush()
+        fsync(self.path)  # every chunk and flag on the disk before the store says it is complete
         f.attrs["complete"] = np.bool_(True)
         f.flush()
+        fsync(self.path)
 
     def close(self) -> None:
         if self.f.id.valid:
