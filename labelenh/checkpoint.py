@@ -72,17 +72,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise LabelenhError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - any file at all may be passed: garbage raises anything
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        unsafe = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported operand" in ln), None)
-        if isinstance(e, pickle.UnpicklingError) and (unsafe or "Weights only" in str(e)):
+        unsafe = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if isinstance(e, pickle.UnpicklingError) and unsafe:
             raise LabelenhError(
-                f"{path} holds Python objects that a checkpoint may not contain "
-                f"({unsafe or 'refused by the weights-only loader'}): refused for safety, nothing "
-                "was executed; save tensors only, e.g. torch.save(model.state_dict(), path)"
+                f"{path} holds Python objects that a checkpoint may not contain ({unsafe}): refused "
+                "for safety, nothing was executed; save tensors only, e.g. torch.save(model.state_dict(), path)"
             ) from None
-        reason = (lines[0] if lines else type(e).__name__)[:160]
+        # torch's own first line advises weights_only=False, i.e. running the file's code: not shown
+        why = next((ln for ln in lines if "Unsupported" in ln), None) or (
+            type(e).__name__ if "weights_only" in str(e) or not lines else lines[0].split(". ")[0])
         raise LabelenhError(
-            f"{path} is not a loadable checkpoint ({reason}): it may be truncated, damaged or not "
-            "a torch file; pass a .pt written by labelenh or torch.save"
+            f"{path} is not a loadable checkpoint ({why[:160]}): it is truncated, damaged, not a torch "
+            "file, or holds Python objects, which are refused for safety (nothing was executed); pass "
+            "a .pt written by labelenh or torch.save(model.state_dict(), path)"
         ) from None
     if not isinstance(obj, dict):
         raise LabelenhError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state_dict")

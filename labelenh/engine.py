@@ -24,9 +24,16 @@ from labelenh import distributed as dist
 from labelenh.checkpoint import read_checkpoint, save_checkpoint
 from labelenh.errors import LabelenhError
 from labelenh.metrics import classification_metrics
-from labelenh.utils import atomic_write, derive_seed, environment, write_json
+from labelenh.utils import (
+    atomic_write,
+    derive_seed,
+    environment,
+    remove_stale_temporaries,
+    write_json,
+)
 
 SCHEDULES = ("multistep", "cosine", "constant")
+RUN_FILES = ["checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "config.json", "env.json"]
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
@@ -356,8 +363,12 @@ class Engine:
         cfg = self.cfg
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # what a killed earlier run of this folder left half-written (never under a final name)
+            remove_stale_temporaries(self.run_dir, RUN_FILES)
         if resume:
             self.resume()
+            if dist.is_main():
+                self._write_metrics()  # a kill may have come between checkpoint and metrics
         elif dist.is_main():
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         if dist.is_main():
@@ -384,13 +395,13 @@ class Engine:
             self.history.append(record)
             if dist.is_main():
                 state = self._state()
-                save_checkpoint(self.run_dir / "checkpoint.pt", state)
+                # best.pt first: a kill between the two leaves checkpoint.pt an epoch behind, and
+                # the resumed run redoes that epoch exactly (rewriting best.pt). The other order
+                # could leave a best.pt older than the epoch the run records as its best.
                 if improved:
                     save_checkpoint(self.run_dir / "best.pt", state)
-                # Rewritten whole and atomically from the history (which the checkpoint holds):
-                # a kill never leaves a half line, and a resume never loses or repeats an epoch.
-                lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
-                atomic_write(self.run_dir / "metrics.jsonl", lambda p, t=lines: p.write_text(t))
+                save_checkpoint(self.run_dir / "checkpoint.pt", state)
+                self._write_metrics()
                 _print_epoch(record)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, record)
@@ -401,6 +412,12 @@ class Engine:
         if dist.is_main():
             write_json(self.run_dir / "summary.json", summary)
         return FitResult(summary=summary, model=self.model)
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl, rewritten whole and atomically from the history (which the checkpoint
+        holds): a kill never leaves a half line, and a resume never loses or repeats an epoch."""
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
+        atomic_write(self.run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
 
     def summarize(self, *, stopped_early: bool) -> dict[str, Any]:
         evaluated = [r for r in self.history if "test" in r]

@@ -141,6 +141,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, where: str 
     return path
 
 
+def remove_stale_temporaries(folder: str | Path, names: list[str]) -> int:
+    """Delete the temporary files that atomic_write leaves for `names` in `folder` when its
+    process is killed mid-write (each can be as large as a checkpoint); call it only where no
+    other process writes those files. Returns how many were removed."""
+    removed = 0
+    for name in names:
+        for p in Path(folder).glob(f".{name}.*.tmp"):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     def _w(p: Path) -> None:
         p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

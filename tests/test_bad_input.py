@@ -146,7 +146,7 @@ CASES = [
     # -- teach -------------------------------------------------------------------------------
     Case("teach-unknown-flag", [*TEACH, "--learning-rate", "0.1"],
          ["no such option", "--learning-rate", "labelenh teach --help"]),
-    Case("teach-flag-not-a-number", [*TEACH, "--lr", "fast"], ["--lr", "fast", "--help"]),
+    Case("teach-flag-not-a-number", [*TEACH, "--lr", "fast"], ["--lr", "valid number", "--help"]),
     Case("teach-recipe-value-of-wrong-type", [*TEACH, "--recipe", "{file}"], ["recipe", "epochs", "integer", "fix"],
          text_file("r.toml", 'epochs = "ten"\n')),
     Case("teach-recipe-not-utf8", [*TEACH, "--recipe", "{file}"], ["not valid TOML", "fix the file"],
@@ -156,7 +156,7 @@ CASES = [
          ["--checkpoint", "cannot be combined", "--resume"]),
     Case("teach-checkpoint-is-a-text-file", [*TEACH, "--checkpoint", "{file}"],
          ["not a loadable checkpoint", "pass a .pt"], text_file("notes.pt")),
-    Case("teach-runs-dir-is-a-file", [*TEACH[:-2], "--runs-dir", "{file}"], ["not a directory", "check the path"],
+    Case("teach-runs-dir-is-a-file", [*TEACH[:-2], "--runs-dir", "{file}"], ["a file stands where a folder is needed", "--runs-dir"],
          text_file("runs")),
     Case("teach-resume-with-other-settings", [*TEACH[:-2], "--runs-dir", "{file}", "--name", "t", "--resume",
                                               "--lr", "0.5"],
@@ -227,7 +227,7 @@ CASES = [
                                          "--out", "{file}/v.png"],
          ["a file stands where a folder is needed", "nothing was written"], text_file("notes")),
     Case("views-show-npz-that-is-text", ["views", "show", "--dataset", "npz:{file}", "--out", "{work}/v.png"],
-         ["npz", "cannot read"], text_file("x.npz")),
+         ["npz", "cannot read", "not a NumPy .npz archive", "numpy.savez"], text_file("x.npz")),
     # -- report --------------------------------------------------------------------------------
     Case("report-truncated-summary", ["report", "{file}", "--out", "{work}/rep", "--no-diagrams", "--no-plots"],
          ["summary.json", "not readable JSON"], lambda made, work: _truncate_summary(copied_run(made, work))),

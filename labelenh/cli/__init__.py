@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> None:
         return  # under torchrun: a command that rank 0 runs alone
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C (and ctx.exit) into a returned exit code when not standalone:
+        # it must reach the shell, or an interrupted run would look like a finished one.
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                print("labelenh: interrupted", file=sys.stderr)
+            raise SystemExit(code)
     except LabelenhError as e:
         fail(str(e))
     except USAGE_ERRORS as e:
@@ -103,5 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         # A path the commands did not check themselves (a file where a folder belongs, a
         # full disk, a read-only folder): one line, not a traceback.
+        from labelenh.utils import OUTPUT_FLAGS, WRITE_ERRORS
+
         where = f": {e.filename}" if e.filename else ""
-        fail(f"{e.strerror or e}{where}: check the path, its permissions and the free space")
+        reason, fix = WRITE_ERRORS.get(e.errno, (e.strerror or str(e), "check the path, its permissions "
+                                                 "and the free space"))
+        fail(f"{reason}{where}: {fix.format(where=OUTPUT_FLAGS)}")

@@ -251,7 +251,12 @@ def read_npz(path: str | Path) -> Arrays:
                 )
             arrs = {k: z[k] for k in [*keys, *(["classes"] if "classes" in z.files else [])]}
     except (OSError, ValueError) as e:
-        raise LabelenhError(f"npz: cannot read {p}: {e}") from e
+        # NumPy's message for a non-.npz file suggests allow_pickle=True, i.e. running the file's code
+        why = "not a NumPy .npz archive" if "pickle" in str(e) else str(e).splitlines()[0]
+        raise LabelenhError(
+            f"npz: cannot read {p} ({why}): write it with numpy.savez(path, x_train=..., y_train=..., "
+            "x_test=..., y_test=...)"
+        ) from None
     x_train, x_test = to_nchw(arrs["x_train"], p, "x_train"), to_nchw(arrs["x_test"], p, "x_test")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise LabelenhError(

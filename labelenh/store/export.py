@@ -482,6 +482,9 @@ def _pack(zc: torch.Tensor, zv: torch.Tensor | None, b: int, v: int, fmt: LogitF
         dt = torch.float16 if fmt.kind == "fp16" else torch.float32
         clean = zc.to(dt).cpu().numpy()
         views = zv.to(dt).cpu().numpy().reshape(b, v, c) if zv is not None else None
+        if not all(np.isfinite(a).all() for a in (clean, views) if a is not None):  # fp16 overflow
+            raise LabelenhError("teacher logits exceed the float16 range (|z| > 65504), which a fp16 store "
+                                "cannot hold: export with --format fp32 or topk:K")
         return TeacherChunk(clean, views)
     idt = index_dtype(c)
 

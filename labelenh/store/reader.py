@@ -201,7 +201,9 @@ def content_problems(get: Any, attrs: dict[str, Any]) -> tuple[list[str], int]:
             base = f"teachers/{name}/{part}"
             for ds_name in ([f"{base}/values", f"{base}/lse"] if fmt.is_topk else [base]):
                 arr = get(ds_name)
-                bad = sum(int((~np.isfinite(b)).sum()) for b in _blocks(arr))
+                # a top-k log-probability may be -inf (a probability that rounds to 0), nothing else
+                ok = (lambda b: ~np.isnan(b) & (b <= 0)) if ds_name.endswith("/values") else np.isfinite
+                bad = sum(int((~ok(b)).sum()) for b in _blocks(arr))
                 scanned += int(np.prod(arr.shape, dtype=np.int64))
                 if bad:
                     problems.append(f"/{ds_name} holds {bad} NaN/Inf values")
@@ -465,7 +467,8 @@ class SoftLabelStore:
                 out[:, m] = topk_dense(idx, val, lse, c)
             else:
                 out[:, m] = torch.from_numpy(self._take(g, rows))
-        if not bool(torch.isfinite(out).all()):  # a lazy store is checked here, batch by batch
+        ok = (out < torch.inf) & ~out.isnan() if self.format.is_topk else torch.isfinite(out)  # top-k: p = 0 is -inf
+        if not bool(ok.all()):  # a lazy store is checked here, batch by batch
             raise LabelenhError(f"store {self.path} holds NaN/Inf {part} logits: the file is damaged; "
                                 "re-export it (`labelenh store verify` lists every problem)")
         return out

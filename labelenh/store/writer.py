@@ -58,6 +58,9 @@ def create_store(path: Path, plan: StorePlan) -> None:
     from labelenh.utils import write_error
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # skeletons of killed exports (we hold the lock)
+        if stale != tmp and stale.name[len(path.name) + 2:-4].isdigit():
+            stale.unlink(missing_ok=True)
     try:
         with h5py.File(tmp, "w") as f:
             write_skeleton(f, plan)
