@@ -19,7 +19,7 @@ quickstart: $(VENV)/.installed
 	$(PY) scripts/quickstart.py --out $(QS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check labelenh tests scripts

@@ -14,10 +14,12 @@ Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `small` in abou
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BIN = Path(sys.executable).with_name("labelenh")
@@ -49,31 +51,50 @@ NOISY_METHODS = ["vanilla", "ls", "gls-", "sl", "kd-sl"]
 
 
 def run(args: list[str], dry: bool) -> None:
-    print("$ " + " ".join(shlex.quote(a) for a in ["labelenh", *args]), flush=True)
-    if not dry:
-        subprocess.run([str(BIN) if BIN.exists() else "labelenh", *args], check=True)
+    run_all([args], dry, jobs=1)
 
 
-def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool) -> Path:
+def run_all(commands: list[list[str]], dry: bool, jobs: int) -> None:
+    """Run independent commands, `jobs` at a time; with several jobs each uses one thread
+    (small CPU models train faster as two single-thread processes than one two-thread one)."""
+    for args in commands:
+        print("$ " + " ".join(shlex.quote(a) for a in ["labelenh", *args]), flush=True)
+    if dry or not commands:
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
+    exe = str(BIN) if BIN.exists() else "labelenh"
+
+    def one(args: list[str]) -> None:
+        subprocess.run([exe, *args], check=True, env=env)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for f in [pool.submit(one, a) for a in commands]:
+            f.result()
+
+
+def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool,
+               jobs: int = 1) -> Path:
     data = ["--dataset", "cifar10-mini", "--device", device]
     if noise:
         data += ["--noise", noise, "--noise-seed", "0"]
     runs = out / "runs"
     sched = ["--schedule", "cosine", "--warmup-epochs", "1", "--lr", "0.1", "--nesterov",
              "--batch-size", str(b["batch"]), "--weight-decay", "5e-4"]
-    teachers = []
+    teachers, todo = [], []
     for s in range(b["seeds"]):
         name = f"teacher-s{s}"
         if not (runs / name / "summary.json").exists():
-            run(["teach", "--model", b["teacher"], "--epochs", str(b["t_epochs"]), "--seed", str(s),
-                 "--name", name, "--runs-dir", str(runs), *sched, *data], dry)
+            todo.append(["teach", "--model", b["teacher"], "--epochs", str(b["t_epochs"]), "--seed", str(s),
+                 "--name", name, "--runs-dir", str(runs), *sched, *data])
         teachers.append(runs / name)
+    run_all(todo, dry, jobs)
     store = out / "store.h5"
     if not store.exists():
         tflags = [x for t in teachers for x in ("--teacher", str(t))]
         run(["export-soft-labels", *tflags, "--out", str(store), "--aug", "ricap", "--views", str(b["views"]),
              "--view-seed", "0", "--format", "fp16", *data], dry)
     first = teachers[0].name
+    todo = []
     for label in methods:
         flags = []
         for f in CLEAN_METHODS[label]:
@@ -89,8 +110,9 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
             name = f"{label}-s{s}"
             if (runs / name / "summary.json").exists():
                 continue
-            run(["student", *flags, "--model", b["student"], "--epochs", str(b["s_epochs"]), "--seed", str(s),
-                 "--name", name, "--runs-dir", str(runs), *sched, *data], dry)
+            todo.append(["student", *flags, "--model", b["student"], "--epochs", str(b["s_epochs"]),
+                         "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched, *data])
+    run_all(todo, dry, jobs)
     run(["report", str(runs), "--out", str(out / "report")], dry)
     return out
 
@@ -102,14 +124,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", choices=["clean", "noisy", "both"], default="both")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--jobs", type=int, default=1, help="independent runs at a time (one thread each)")
     a = ap.parse_args()
     b = BUDGETS[a.budget]
     t0 = time.perf_counter()
     out = Path(a.out)
     if a.only in ("clean", "both"):
-        experiment(out / "clean", b, None, list(CLEAN_METHODS), a.device, a.dry_run)
+        experiment(out / "clean", b, None, list(CLEAN_METHODS), a.device, a.dry_run, a.jobs)
     if a.only in ("noisy", "both"):
-        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", NOISY_METHODS, a.device, a.dry_run)
+        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", NOISY_METHODS, a.device, a.dry_run, a.jobs)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min (budget {a.budget}); tables in {out}/*/report/report.md")
 
 
