@@ -38,15 +38,6 @@ EXPORT = [*DS, "--aug", "mixup", "--views", "2", "--batch-size", "16", "--device
 RUN_FILES = {"checkpoint.pt", "config.json", "env.json", "metrics.jsonl", "summary.json", "reliability.png"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The same intra-op thread count as the torchrun workers (OMP_NUM_THREADS=1), so that
-    # single-process references run the same CPU kernels.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def free_port() -> int:
     with socket.socket() as s:

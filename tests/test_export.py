@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from clitools import assert_one_line_error, run_cli
+from tinynet import TinyNet
 from torch import nn
 
 from labelenh.data import TensorImages
@@ -30,29 +30,6 @@ from labelenh.views import ViewSpec
 
 N, C, V, CS, HW = 96, 10, 3, 8, 8
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: intra-op threads only add waiting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-class TinyNet(nn.Module):
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(16, C)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 2).flatten(1))
 
 
 def make_source() -> TensorImages:

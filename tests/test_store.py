@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from tinynet import TinyNet
 
 from labelenh.data import TensorImages, normalize
 from labelenh.engine import predict
@@ -24,29 +24,6 @@ MEAN, STD = (0.45, 0.5, 0.55), (0.25, 0.2, 0.3)
 SPEC = ViewSpec("ricap", pad=2)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: intra-op threads only add waiting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-class TinyNet(nn.Module):
-    """conv -> relu -> 2x2 pool -> linear; weights from a seeded generator."""
-
-    def __init__(self, seed: int, num_classes: int = C) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(16, num_classes)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 2).flatten(1))
 
 
 def make_source(n: int = N, seed: int = 0) -> TensorImages:

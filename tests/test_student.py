@@ -23,14 +23,6 @@ TINY = [*DS, "--model", "resnet8", "--epochs", "1", "--batch-size", "64", "--mil
 V = 3  # views per sample in the ricap store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: intra-op threads only add waiting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):

@@ -29,14 +29,6 @@ DS = ["--dataset", "synthetic:10:20", "--image-size", "16"]
 V = 3  # views per sample in the store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: intra-op threads only add waiting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
