@@ -95,7 +95,7 @@ class Sizes:
     probes: bool = True  # also time data prep on 1 thread and teachers under inference_mode
 
 
-QUICK = Sizes(train_samples=384, store_views=2, rounds=6, steps=2, export_samples=128,
+QUICK = Sizes(train_samples=256, store_views=2, rounds=6, steps=2, export_samples=128,
               export_views=3, export_reps=2, bytes_samples=256, bytes_views=2,
               reader_samples=10_000, reader_views=4, reader_batches=150, rss_samples=[256, 1024],
               probes=False)

@@ -27,7 +27,7 @@ BIN = Path(sys.executable).with_name("labelenh")
 BUDGETS = {
     #        teacher model, teacher epochs, student model, student epochs, views, seeds
     "tiny": dict(teacher="resnet8", t_epochs=2, student="resnet8", s_epochs=2, views=4, seeds=2, batch=128),
-    "small": dict(teacher="resnet20", t_epochs=15, student="resnet8", s_epochs=10, views=10, seeds=3, batch=128),
+    "small": dict(teacher="resnet20", t_epochs=15, student="resnet8", s_epochs=6, views=8, seeds=3, batch=128),
     "cpu": dict(teacher="resnet32", t_epochs=30, student="resnet20", s_epochs=15, views=16, seeds=3, batch=128),
     "gpu": dict(teacher="resnet56", t_epochs=200, student="resnet20", s_epochs=200, views=64, seeds=3, batch=128),
 }
