@@ -234,6 +234,8 @@ class Engine:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_nll": math.inf, "epoch": None}
         self.bad_epochs = 0
+        # split -> (logits, labels) of the latest evaluation, for diagrams without a re-run
+        self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -337,6 +339,14 @@ class Engine:
         out["lr"] = learning_rate(cfg, max(self.step - 1, 0), steps)
         return out
 
+    def final_predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of the model as it is now: the last epoch's evaluation when fit()
+        ran one (collective under DDP), else a fresh one."""
+        if split in self.last_predictions and self.history and split in self.history[-1]:
+            return self.last_predictions[split]
+        _, logits, labels = self.evaluate(split)
+        return logits, labels
+
     def evaluate(self, split: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         """Metrics, logits [N, K] and labels [N] of a split; under DDP every rank must call it
         (each runs its block of batches, the rows are gathered in order on every rank)."""
@@ -381,7 +391,8 @@ class Engine:
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 for split in self.task.eval_splits:
-                    m, _, _ = self.evaluate(split)
+                    m, logits, labels = self.evaluate(split)
+                    self.last_predictions[split] = (logits, labels)
                     record[split] = m
             self.epoch = epoch + 1
             improved = False

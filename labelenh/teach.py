@@ -141,7 +141,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end)
     result = engine.fit(resume=resume)
-    _, logits, labels = engine.evaluate("test")  # on every rank: the logits are gathered
+    logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():
         _write_reliability(run_dir / "reliability.png", logits, labels, s.train.ece_bins, name)
     return result.summary
