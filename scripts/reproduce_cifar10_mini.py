@@ -4,7 +4,8 @@
     students for every method, several seeds each -> `labelenh report` (tables + plots)
 
 and the same on noisy labels (`--noise symmetric:0.4`) for vanilla, ls, gls (r<0), sl, kd-sl.
-Everything runs through the `labelenh` command line; every command is printed.
+Everything runs through the `labelenh` command line; every command is printed. Finished runs are
+skipped and interrupted ones resumed, so the script can be run again after a stop.
 
 Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `small` in about 45 minutes;
 `tiny` is a smoke run of a few minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the seeds'
@@ -50,6 +51,11 @@ CLEAN_METHODS = {
 NOISY_METHODS = ["vanilla", "ls", "gls-", "sl", "kd-sl"]
 
 
+def resume_flag(run_dir: Path) -> list[str]:
+    """An interrupted run (a checkpoint but no summary) is continued, not restarted or refused."""
+    return ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+
+
 def run(args: list[str], dry: bool) -> None:
     run_all([args], dry, jobs=1)
 
@@ -85,7 +91,7 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
         name = f"teacher-s{s}"
         if not (runs / name / "summary.json").exists():
             todo.append(["teach", "--model", b["teacher"], "--epochs", str(b["t_epochs"]), "--seed", str(s),
-                 "--name", name, "--runs-dir", str(runs), *sched, *data])
+                 "--name", name, "--runs-dir", str(runs), *sched, *data, *resume_flag(runs / name)])
         teachers.append(runs / name)
     run_all(todo, dry, jobs)
     store = out / "store.h5"
@@ -111,7 +117,8 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
             if (runs / name / "summary.json").exists():
                 continue
             todo.append(["student", *flags, "--model", b["student"], "--epochs", str(b["s_epochs"]),
-                         "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched, *data])
+                         "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched, *data,
+                         *resume_flag(runs / name)])
     run_all(todo, dry, jobs)
     run(["report", str(runs), "--out", str(out / "report")], dry)
     return out

@@ -193,6 +193,26 @@ def test_rank_dying_mid_export_leaves_no_complete_store_and_rerun_resumes(stores
 
 
 @pytest.mark.slow
+def test_overwrite_on_two_ranks_keeps_the_old_store_until_complete(stores, tmp_path):
+    root, _, one = stores
+    out = tmp_path / "s.h5"
+    out.write_bytes(one.read_bytes())
+    old = out.read_bytes()
+    args = ["export-soft-labels", "-t", root / "runs" / "t", "--out", out, *EXPORT, "--overwrite"]
+    r = torchrun(*args, cwd=tmp_path, env={CRASH_ENV: "1:2"})
+    assert r.returncode != 0 and "rank 1 dies after 2 chunks" in r.stderr
+    assert out.read_bytes() == old  # readers still see the old, complete store
+    SoftLabelStore.open(out).close()
+    staging = tmp_path / ".s.h5.overwrite.h5"
+    assert [p.name for p in find_shards(staging)] == ["..s.h5.overwrite.h5.shard-1.h5"]
+    # the same command (here in one process) takes the dead rank's chunks over and finishes
+    c = run_cli(*args)
+    assert c.code == 0 and "resumed after" in c.out, c.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    assert_same_store(out, one)
+
+
+@pytest.mark.slow
 def test_student_from_store_on_two_ranks_resumes_a_one_process_run(stores):
     root, two, _ = stores
     args = ["student", *TRAIN, "--method", "sl", "--store", two, "--aug", "mixup", "--recipe",

@@ -542,8 +542,9 @@ def test_full_disk_while_training_keeps_the_previous_files(tmp_path, monkeypatch
 def test_full_disk_while_creating_a_store_keeps_the_previous_one(teacher, store, tmp_path):
     out = tmp_path / "s.h5"
     out.write_bytes(store.read_bytes())
-    # h5py writes the new skeleton to this temporary name, then renames it: make it the full disk
-    (tmp_path / f".{out.name}.{os.getpid()}.tmp").symlink_to("/dev/full")
+    # --overwrite builds the new store beside the old one; h5py writes its skeleton to this
+    # temporary name, then renames it: make it the full disk
+    (tmp_path / f"..{out.name}.overwrite.h5.{os.getpid()}.tmp").symlink_to("/dev/full")
     r = run_cli(*export_args(teacher, out), "--overwrite")
     assert_one_line_error(r, f"no space left on device while writing {out}", "free space or choose another --out",
                           "the previous s.h5 is intact")
@@ -574,6 +575,47 @@ def test_full_disk_while_writing_chunks_keeps_them_resumable(teacher, store, tmp
     r = run_cli(*export_args(teacher, out))
     assert r.code == 0 and "resumed after 3 of 25 chunks" in r.out, r.err
     assert contents(out) == contents(store)
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(teacher, store, tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    out.write_bytes(store.read_bytes())
+    other = [*export_args(teacher, out), "--view-seed", "1"]
+    from labelenh.store.writer import StoreWriter
+
+    write_chunk = StoreWriter.write_chunk
+
+    def fills_up(self, c, *a):
+        if c >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        write_chunk(self, c, *a)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(StoreWriter, "write_chunk", fills_up)
+        r = run_cli(*other, "--overwrite")
+    assert_one_line_error(r, f"no space left on device while writing {out}", "the previous s.h5 is intact",
+                          "chunks already written are kept", "rerun the same command")
+    # the old store is still the store, whole and readable
+    assert out.read_bytes() == store.read_bytes()
+    SoftLabelStore.open(out).close()
+    # the same command resumes the new store, then puts it in place of the old one
+    r = run_cli(*other, "--overwrite")
+    assert r.code == 0 and "resumed after 3 of 25 chunks" in r.out, r.err
+    ref = tmp_path / "ref.h5"
+    assert run_cli(*[str(ref) if a == str(out) else a for a in other]).code == 0
+    assert contents(out) == contents(ref) != contents(store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5", "s.h5"]
+    # an --overwrite abandoned half-way and the old arguments run again: the old store stands,
+    # and what the abandoned run left is removed
+    out.write_bytes(store.read_bytes())
+    with monkeypatch.context() as mp:
+        mp.setattr(StoreWriter, "write_chunk", fills_up)
+        assert run_cli(*other, "--overwrite").code == 2
+    assert (tmp_path / f".{out.name}.overwrite.h5").exists()
+    r = run_cli(*export_args(teacher, out))
+    assert r.code == 0 and "already complete" in r.out, r.err
+    assert out.read_bytes() == store.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5", "s.h5"]
 
 
 # ---- a read-only folder ----------------------------------------------------------------------

@@ -38,7 +38,7 @@ def export_soft_labels_cmd(
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
     device: c.Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help="auto (fp16 on CUDA) | off | fp16 | bf16; ignored on CPU.", rich_help_panel=c.H_RUN)] = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if --out holds a store (finished or not).", rich_help_panel=H_STORE)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if --out holds a store (finished or not); the old store stays in place until the new one is complete.", rich_help_panel=H_STORE)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the store's final size and write nothing.", rich_help_panel=H_STORE)] = False,
     verify: Annotated[int, typer.Option("--verify", help="After the export, re-run the teachers on this many random stored rows and compare.", rich_help_panel=H_STORE)] = 0,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).", rich_help_panel=c.H_RUN)] = None,

@@ -18,6 +18,10 @@ other rank into its own shard file, and after a barrier rank 0 merges the shards
 the store complete (`labelenh.store.shards`). As chunks are the same fixed blocks whichever
 process computes them, the store equals a single-process export (bit for bit on CPU). A rank
 that dies leaves the store incomplete; a rerun, with any number of processes, resumes.
+
+`overwrite` of an existing store builds the new one in a hidden sibling (`staging_path`) and
+renames it over the old one only when complete, so readers never see a half store and a failed
+or killed overwrite loses nothing; rerunning it resumes the sibling.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from labelenh.store.schema import (
     index_dtype,
 )
 from labelenh.store.topk import kl_rows, topk_compress, topk_dense
-from labelenh.store.writer import StoreWriter, TeacherChunk, create_store, estimate_size
+from labelenh.store.writer import StoreWriter, TeacherChunk, create_store, estimate_size, fsync
 from labelenh.utils import write_error
 
 KL_BLOCK_ROWS = 2048  # bounds the float64 temporaries of the top-k error
@@ -265,21 +269,28 @@ def export_soft_labels(
     result = ExportResult(out, 0, plan.num_chunks, plan=plan)
     lock = ExportLock(out) if rank == 0 else None
     writer: StoreWriter | None = None
+    target = out  # the file written: `out`, or its staging sibling under --overwrite
     try:
         # Rank 0 alone locks, creates or checks the store and absorbs shards left by an earlier
         # run; then every rank learns which chunks are missing.
-        msg, state, done = None, "", np.zeros(0, dtype=bool)
+        msg, state, done, target = None, "", np.zeros(0, dtype=bool), out
         if rank == 0:
             try:
                 lock.acquire()
-                state = _prepare(out, plan, overwrite)
-                writer, done = _open_for_writing(out, plan, state)
+                if overwrite and out.exists():
+                    # the store being replaced stays readable until the new one is complete
+                    target = staging_path(out)
+                    state = _prepare_staging(target, out, plan)
+                else:
+                    discard_staging(out)  # an abandoned --overwrite: `out` stays what it was
+                    state = _prepare(out, plan, overwrite)
+                writer, done = _open_for_writing(target, plan, state)
             except LabelenhError as e:
                 msg = str(e)
-        msg, state, done = dist.broadcast_object((msg, state, done))
+        msg, state, done, target = dist.broadcast_object((msg, state, done, target))
         if msg is not None:
             raise LabelenhError(msg)
-        result.already_complete = state == "complete"
+        result.already_complete = state == "complete" and target == out  # else: renamed below
         if state != "complete":
             todo = [c for c in range(plan.num_chunks) if not done[c]]
             result.chunks_resumed = plan.num_chunks - len(todo)
@@ -291,24 +302,32 @@ def export_soft_labels(
                 if rank == 0:
                     _write_chunks(writer, plan, runner, spec, mine, mine, result, bar, on_chunk, rank)
                 elif mine:
-                    _write_shard(out, plan, runner, spec, mine, result, bar, on_chunk, rank, world)
+                    _write_shard(target, plan, runner, spec, mine, result, bar, on_chunk, rank, world)
             dist.barrier()  # every shard is written and closed
             if rank == 0:
-                for path in shards.find_shards(out):
+                for path in shards.find_shards(target):
                     result.chunks_written += shards.absorb(writer, plan, path)
                 missing = int((~writer.done()).sum())
                 if missing:
                     raise LabelenhError(f"{out}: {missing} chunks are still missing after merging the shards; "
                                         "rerun the same command to finish the store")
                 writer.finish()  # complete only now that every chunk of every shard is in
+        if rank == 0 and target != out:
+            if writer is not None:
+                writer.close()
+                writer = None
+            os.replace(target, out)  # the replaced store goes only now, in one step
+            fsync(out.parent)
         if out.exists():
             result.size_bytes = out.stat().st_size
         result.seconds = time.perf_counter() - t0
         if verify and rank == 0:
             result.verify = verify_rows(out, runner, verify, seed=view_seed)
     except OSError as e:  # a full disk or a read-only folder while writing chunks
-        raise write_error(e, out, where="--out", kept="the chunks already written are kept: "
-                          "rerun the same command to resume") from None
+        kept = "the chunks already written are kept: rerun the same command to resume"
+        if target != out:
+            kept = f"the previous {out.name} is intact and {kept}"
+        raise write_error(e, out, where="--out", kept=kept) from None
     finally:
         if writer is not None:
             writer.close()
@@ -395,6 +414,31 @@ def _existing_chunk_size(out: Path) -> int:
             return int(read_root_attrs(f, out)["chunk_size"])
     except (LabelenhError, KeyError, TypeError, ValueError):
         return DEFAULT_CHUNK_SIZE  # not a store: _prepare says so
+
+
+def staging_path(out: Path) -> Path:
+    """Where `--overwrite` builds the new store while `out` still holds the old one."""
+    return out.with_name(f".{out.name}.overwrite.h5")
+
+
+def _prepare_staging(staging: Path, out: Path, plan: StorePlan) -> str:
+    """Like `_prepare` for the staging file of an `--overwrite` export: an interrupted one with
+    the same arguments is resumed, anything else there is started over."""
+    if staging.exists():
+        try:
+            return _prepare(staging, plan, overwrite=False)
+        except LabelenhError:
+            pass  # other arguments, or not a store: start over
+    create_store(staging, plan, report_as=out)
+    return "new"
+
+
+def discard_staging(out: Path) -> None:
+    """Remove what an abandoned `--overwrite` of `out` left (its staging store and shards)."""
+    staging = staging_path(out)
+    for path in shards.find_shards(staging):
+        shards.discard(path)
+    staging.unlink(missing_ok=True)
 
 
 def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:

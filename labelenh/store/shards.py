@@ -37,7 +37,7 @@ import numpy as np
 
 from labelenh.store.lock import ExportLock
 from labelenh.store.schema import StorePlan, decode_attrs
-from labelenh.store.writer import StoreWriter, TeacherChunk, write_skeleton
+from labelenh.store.writer import StoreWriter, TeacherChunk, fsync, write_skeleton
 
 SHARD_FORMAT = "labelenh.softlabels.shard"
 # Fault injection for tests: "RANK:N" makes that rank's process die (os._exit, no clean-up, as a
@@ -79,7 +79,9 @@ def create_shard(path: Path, plan: StorePlan, chunks: Sequence[int], rank: int, 
             f.attrs["shard_chunks"] = json.dumps([int(c) for c in chunks])
             f.attrs["shard_rank"] = int(rank)
             f.attrs["shard_world"] = int(world)
+        fsync(tmp)  # on disk before the rename, as for the store itself
         os.replace(tmp, path)
+        fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return sp

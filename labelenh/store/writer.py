@@ -53,8 +53,9 @@ def write_skeleton(f: h5py.File, plan: StorePlan, *, allocate: bool = True) -> N
         f.create_dataset(path, shape=shape, dtype=dtype, dcpl=_dcpl(allocate))
 
 
-def create_store(path: Path, plan: StorePlan) -> None:
-    """Write the skeleton to a temporary sibling, then rename it to `path` (atomic)."""
+def create_store(path: Path, plan: StorePlan, report_as: Path | None = None) -> None:
+    """Write the skeleton to a temporary sibling, then rename it to `path` (atomic). report_as:
+    the store a failure is reported against (the one an `--overwrite` export replaces)."""
     from labelenh.utils import write_error
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -67,8 +68,8 @@ def create_store(path: Path, plan: StorePlan) -> None:
         fsync(tmp)  # on disk before the rename makes it the store (a power cut included)
         os.replace(tmp, path)
         fsync(path.parent)
-    except OSError as e:  # a full disk or read-only folder: `path` is untouched
-        raise write_error(e, path, where="--out") from None
+    except OSError as e:  # a full disk or read-only folder: `path` (and report_as) is untouched
+        raise write_error(e, report_as or path, where="--out") from None
     finally:
         tmp.unlink(missing_ok=True)
 
