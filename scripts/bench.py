@@ -910,20 +910,6 @@ def patch_normalize_inplace() -> None:
         mod.normalize = _normalize_inplace
 
 
-def patch_export_normalize_owned() -> None:
-    """TeacherRunner._normalize owns its input in both call sites (a uint8 -> float copy of the
-    source images, or the fresh float images of gather_and_apply): normalise it in place, with
-    no temporary at all."""
-    from labelenh.store.export import TeacherRunner
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        x = x.float() if not x.is_floating_point() else x
-        return x.div_(255.0).sub_(self.mean).div_(self.std)
-
-    TeacherRunner._normalize = _normalize
-
-
 def patch_no_fsync() -> None:
     """Measurement only: what the writer's fsync per chunk costs (durability is not optional;
     the candidate is fewer fsyncs, e.g. one per group of chunks before their flags)."""
@@ -951,7 +937,6 @@ def patch_cpu_forward_64() -> None:
 
 PATCHES: dict[str, Callable[[], None]] = {"cpu-forward-64": patch_cpu_forward_64,
                                           "normalize-inplace": patch_normalize_inplace,
-                                          "export-normalize-owned": patch_export_normalize_owned,
                                           "no-fsync": patch_no_fsync}
 PATCHES_APPLIED: list[str] = []
 

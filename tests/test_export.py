@@ -317,3 +317,29 @@ def test_cli_refusals_are_one_line(cli_setup, tmp_path):
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     assert_one_line_error(run_cli("store", "verify", half, *ds), "truncated")
     assert_one_line_error(run_cli("store", "info", half), "truncated")
+
+
+class FloatSource:
+    """A source that hands out its own float32 storage (a view, not a copy)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def load(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[: len(idx)]  # a view of the stored images
+
+
+def test_runner_normalises_like_the_library_without_touching_the_source():
+    from labelenh.data import normalize
+
+    src = make_source()
+    runner = TeacherRunner(make_teachers(), src, num_classes=C, mean=MEAN, std=STD,
+                           device=torch.device("cpu"), amp="off")
+    idx = torch.arange(5)
+    # bit-identical to labelenh.data.normalize (the in-place path changes memory, not numbers)
+    assert torch.equal(runner.clean_images(idx), normalize(src.load(idx), MEAN, STD))
+    images = src.images.float()
+    before = images.clone()
+    runner.source = FloatSource(images)
+    assert torch.equal(runner.clean_images(idx), normalize(before[:5], MEAN, STD))
+    assert torch.equal(images, before)  # the source's own float storage is left alone

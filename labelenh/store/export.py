@@ -150,19 +150,24 @@ class TeacherRunner:
         for t in teachers:
             t.model.to(device).eval()
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        from labelenh.data import normalize
-
-        return normalize(x.to(self.device, non_blocking=True).float(), self.mean, self.std)
+    def _normalize(self, x: torch.Tensor, owned: bool) -> torch.Tensor:
+        """(x / 255 - mean) / std as float32 on the device, in place when that touches no one
+        else's tensor: a block of 224x224 images is large, and a normalised copy beside it
+        raised the export's peak memory by ~15 %. The same operations in the same order as
+        `labelenh.data.normalize`, so the logits are bit-identical."""
+        y = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        if y is x and not owned:  # already float32 on the device: may be the source's own storage
+            y = y.clone()
+        return y.div_(255.0).sub_(self.mean).div_(self.std)
 
     def clean_images(self, idx: torch.Tensor) -> torch.Tensor:
-        return self._normalize(self.source.load(idx))  # [B, C, H, W]
+        return self._normalize(self.source.load(idx), owned=False)  # [B, C, H, W]
 
     def view_images(self, recipes) -> torch.Tensor:
         from labelenh.views import gather_and_apply
 
-        x, _ = gather_and_apply(self.source, recipes, self.num_classes)
-        return self._normalize(x)
+        x, _ = gather_and_apply(self.source, recipes, self.num_classes)  # fresh images
+        return self._normalize(x, owned=True)
 
     def forward(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
         """float32 logits [B, C] of each teacher, on the device."""
