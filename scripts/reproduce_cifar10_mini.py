@@ -29,7 +29,7 @@ BUDGETS = {
     #        teacher model, teacher epochs, student model, student epochs, views, seeds
     "tiny": dict(teacher="resnet8", t_epochs=2, student="resnet8", s_epochs=2, views=4, seeds=2, batch=128),
     "small": dict(teacher="resnet20", t_epochs=15, student="resnet8", s_epochs=6, views=8, seeds=3, batch=128),
-    "cpu": dict(teacher="resnet32", t_epochs=30, student="resnet20", s_epochs=15, views=16, seeds=3, batch=128),
+    "cpu": dict(teacher="resnet20", t_epochs=30, student="resnet8", s_epochs=15, views=16, seeds=3, batch=128),
     "gpu": dict(teacher="resnet56", t_epochs=200, student="resnet20", s_epochs=200, views=64, seeds=3, batch=128),
 }
 
@@ -124,6 +124,16 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
     return out
 
 
+def on_gpu(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch  # only to see what "auto" picks
+
+    return torch.cuda.is_available()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
@@ -131,8 +141,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", choices=["clean", "noisy", "both"], default="both")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
-    ap.add_argument("--jobs", type=int, default=1, help="independent runs at a time (one thread each)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="independent runs at a time (one thread each); default: 2 on a CPU with 2+ cores, "
+                         "1 on a GPU")
     a = ap.parse_args()
+    if a.jobs is None:
+        a.jobs = 1 if on_gpu(a.device) else min(2, os.cpu_count() or 1)
+    if a.jobs < 1:
+        ap.error("--jobs must be at least 1")
     b = BUDGETS[a.budget]
     t0 = time.perf_counter()
     out = Path(a.out)
