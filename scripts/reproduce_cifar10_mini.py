@@ -70,12 +70,16 @@ def run_all(commands: list[list[str]], dry: bool, jobs: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
     exe = str(BIN) if BIN.exists() else "labelenh"
 
-    def one(args: list[str]) -> None:
-        subprocess.run([exe, *args], check=True, env=env)
+    def one(args: list[str]) -> int:
+        return subprocess.run([exe, *args], env=env).returncode
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for f in [pool.submit(one, a) for a in commands]:
-            f.result()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # the others finish even if one fails
+        codes = list(pool.map(one, commands))
+    failed = [" ".join(args[:1] + args[args.index("--name"):][:2] if "--name" in args else args[:1])
+              for args, code in zip(commands, codes, strict=True) if code]
+    if failed:
+        raise SystemExit(f"reproduce: {len(failed)} command(s) failed ({'; '.join(failed)}): see their "
+                         "messages above; rerunning this script skips finished runs and resumes the others")
 
 
 def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool,

@@ -66,3 +66,20 @@ def test_noisy_run_again_skips_finished_and_resumes_interrupted(repro, tmp_path,
     assert resumed == ["teacher-s1"]
     assert all(flag(c, "--noise") == ["symmetric:0.4"] for c in cmds if c[1] in ("teach", "student"))
     assert sorted({flag(c, "--method")[0] for c in cmds if c[1] == "student"}) == ["gls", "kd-sl", "ls", "sl", "vanilla"]
+
+
+def test_a_failed_command_lets_the_others_finish_and_ends_in_one_line(repro, monkeypatch, capsys):
+    ran = []
+
+    def fake_run(argv, env=None):
+        ran.append(argv[1:])
+        return type("Done", (), {"returncode": 2 if "bad" in argv else 0})()
+
+    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    cmds = [["teach", "--name", "bad"], ["teach", "--name", "good"], ["report", "runs"]]
+    with pytest.raises(SystemExit) as e:
+        repro.run_all(cmds, dry=False, jobs=2)
+    assert sorted(ran) == sorted(cmds)  # every command ran although the first failed
+    msg = str(e.value)
+    assert msg.startswith("reproduce: 1 command(s) failed (teach --name bad)") and "\n" not in msg
+    assert "rerunning this script" in msg
