@@ -220,7 +220,7 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.train_model = dist.wrap_ddp(model, device)
-        # Weight decay on every parameter (BN included), as in the seeds' recipes, for comparability.
+        # Weight decay on every parameter (BN included), as in the original recipes, for comparability.
         self.optimizer = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad],
             lr=cfg.lr,
@@ -439,7 +439,7 @@ class Engine:
             selected_by = "val_nll"
         elif evaluated:
             # No validation split: the best epoch can only be chosen on test accuracy, which is
-            # optimistic (as in the seeds' tables); it is labelled as such.
+            # optimistic (as in the original tables); it is labelled as such.
             best = max(evaluated, key=lambda r: r["test"]["acc1"])
             selected_by = "test_acc1"
         else:

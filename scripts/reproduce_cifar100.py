@@ -1,4 +1,4 @@
-"""The label-enhancement seeds' CIFAR-100 recipe, for users who have CIFAR-100 on disk
+"""The original label-enhancement CIFAR-100 recipe, for users who have CIFAR-100 on disk
 (`--data-root` holding `cifar-100-python/`). Needs a GPU: about 240 epochs per run.
 
     teachers: resnet110, 3 seeds (the ensemble for En-SL / KD-SL), teachers/cifar100_resnet110.toml
@@ -6,7 +6,7 @@
     students: resnet20 / resnet32 / resnet56 x {vanilla, ls, kd, sl, aug-sl, aug-sl+, en-sl, kd-sl}, 3 seeds
     report:   labelenh report (mean +- std over seeds, accuracy and ECE)
 
-Published numbers these runs are meant to reach (the seeds' README, CIFAR-100, accuracy / ECE,
+Published numbers these runs are meant to reach (the original code's README, CIFAR-100, accuracy / ECE,
 3 seeds, teacher presumably ResNet-110; see ALGORITHMS notes in README):
 
 | student | Vanilla | LS | KD | SL | Aug-SL | Aug-SL+ | En-SL | KD-SL |
@@ -15,7 +15,7 @@ Published numbers these runs are meant to reach (the seeds' README, CIFAR-100, a
 | R56 | 72.28/.123 | 72.87/.020 | 72.76/.118 | 73.59/.085 | 74.87/.025 | 75.54/.028 | 74.66/.072 | 74.84/.023 |
 | R110 | 73.88/.131 | 73.90/.051 | 73.60/.135 | 75.47/.089 | 76.56/.039 | 77.28/.025 | 76.39/.071 | 76.35/.016 |
 
-Differences to expect: the seeds' teachers ran online on each augmented batch (here the store
+Differences to expect: the original teachers ran online on each augmented batch (here the store
 replays the same views from precomputed logits); their KD divided the KL by C (see README,
 "KD weighting convention"); their "best" checkpoints were selected on test accuracy (report shows
 last-epoch and best-epoch figures separately).
@@ -71,7 +71,7 @@ def main() -> None:
     if not store.exists():
         run(["export-soft-labels", *[x for t in teachers for x in ("--teacher", str(t))], "--out", str(store),
              "--aug", "ricap", "--views", str(a.views), "--format", "fp16", *data], a.dry_run)
-    # The seeds' student schedule: lr 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210.
+    # The original student schedule: lr 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210.
     sched = ["--lr", "0.05", "--weight-decay", "5e-4", "--batch-size", "64", "--momentum", "0.9",
              "--schedule", "default"]
     for student in a.students.split(","):

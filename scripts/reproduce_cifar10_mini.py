@@ -8,7 +8,7 @@ Everything runs through the `labelenh` command line; every command is printed. F
 skipped and interrupted ones resumed, so the script can be run again after a stop.
 
 Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `small` in about 45 minutes;
-`tiny` is a smoke run of a few minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the seeds'
+`tiny` is a smoke run of a few minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the original
 240-epoch schedule is out of reach for 5k images, so it uses 200 epochs with cosine decay).
 """
 

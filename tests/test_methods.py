@@ -429,7 +429,7 @@ def test_kd_formula(name, alpha, T):
     kl = F.kl_div(F.log_softmax(z / T, -1), pt, reduction="batchmean")
     assert torch.allclose(terms["ce"], alpha * F.cross_entropy(z, inp.labels))
     assert torch.allclose(terms["kd"], (1 - alpha) * T * T * kl)
-    # the seeds' elementwise-mean KL is smaller by exactly a factor C
+    # the original code's elementwise-mean KL is smaller by exactly a factor C
     quirk = build_method(name, C, alpha=alpha, T=T, kl_reduction="elementwise-mean")
     assert torch.allclose(quirk.loss(z, inp)["kd"] * C, terms["kd"], rtol=1e-5)
     assert torch.allclose(quirk.loss(z, inp)["ce"], terms["ce"])

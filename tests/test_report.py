@@ -115,6 +115,17 @@ def test_seed_grouping_and_settings_column(tmp_path):
     assert "| settings |" in to_markdown(rows)
 
 
+def test_given_method_parameters_are_shown_even_on_a_single_row(tmp_path):
+    gen = np.random.default_rng(3)
+    cfg = student_config("gls", 0, store=None)
+    cfg.update(params={"r": -0.2}, method_params={"r": -0.2, "wa": 0.0, "wb": 1.0})
+    write_run(tmp_path / "gls-s0", cfg, metrics(gen), metrics(gen))
+    write_run(tmp_path / "sl-s0", student_config("sl", 0), metrics(gen), metrics(gen))  # defaults only
+    rows = {r.method: r for r in aggregate(collect_runs([tmp_path]))}
+    assert rows["gls"].settings == "r=-0.2" and rows["sl"].settings == ""
+    assert "| r=-0.2 |" in to_markdown(list(rows.values()))
+
+
 def test_markdown_and_csv(runs, tmp_path):
     parent, made = runs
     rows = aggregate(collect_runs([parent]))

@@ -51,7 +51,7 @@ Name = Annotated[str | None, typer.Option("--name", help="Run folder name under 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.", rich_help_panel=H_RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint.", rich_help_panel=H_RUN)]
 
-# Schedule presets from the seeds (ALGORITHMS.md section 4).
+# Schedule presets from the original papers (ALGORITHMS.md section 4).
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {"schedule": "multistep", "epochs": 240, "milestones": [150, 180, 210], "gamma": 0.1},
     "long": {"schedule": "multistep", "epochs": 350, "milestones": [150, 200, 250, 300], "gamma": 0.1},

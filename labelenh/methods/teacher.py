@@ -64,13 +64,13 @@ class KnowledgeDistillation(Method):
     """Hinton KD with an online teacher: α·CE(hard) + (1 − α)·T²·KL(p̄_T ‖ softmax(z_s/T)).
 
     The KL is `batchmean` (sum over classes, mean over the batch). `kl_reduction=
-    "elementwise-mean"` reproduces torch's default `KLDivLoss()` used by the seeds, which
+    "elementwise-mean"` reproduces torch's default `KLDivLoss()` used by the original code, which
     divides the KL term by C as well.
 
-    Defaults α = 0.9, T = 3. The seeds write KD as CE + a·T²·KL with a = 0.1, T = 3, i.e.
+    Defaults α = 0.9, T = 3. The original code writes KD as CE + a·T²·KL with a = 0.1, T = 3, i.e.
     (1 + a)·[α·CE + (1 − α)·T²·KL] with α = 1/(1 + a): a = 0.1 is α = 10/11 ≈ 0.909 up to the
     overall factor 1.1 (a learning-rate scale); α = 0.9 is the round value next to it
-    (a = 1/9). Pass alpha=0.9090909 for the seeds' exact weighting.
+    (a = 1/9). Pass alpha=0.9090909 for the original code's exact weighting.
 
     `target()` returns α·hard + (1 − α)·p̄_T. At T = 1 it is exactly the effective target:
     the loss equals softCE(target) minus the teacher entropy (a constant). At T ≠ 1 the KD
@@ -87,7 +87,7 @@ class KnowledgeDistillation(Method):
         "T": Param(float, 3.0, "distillation temperature, > 0"),
         "ensemble": ENSEMBLE_PARAM,
         "kl_reduction": Param(
-            str, "batchmean", "batchmean (correct KL) or elementwise-mean (the seeds' KL / C)"
+            str, "batchmean", "batchmean (correct KL) or elementwise-mean (the original code's KL / C)"
         ),
     }
 

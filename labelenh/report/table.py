@@ -15,7 +15,7 @@ from labelenh.report.runs import EPOCHS, METRICS, RunRecord
 
 GROUP_BY = ("method", "model", "teachers", "dataset")
 LABELS = {"acc1": "Acc@1 (%)", "nll": "NLL", "ece": "ECE (%)", "brier": "Brier"}
-PERCENT = {"acc1", "ece"}  # shown in percent, as the seeds' tables do
+PERCENT = {"acc1", "ece"}  # shown in percent, as the original papers' tables do
 DASH = "—"
 
 
@@ -87,20 +87,21 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings(rows: list[Row]) -> None:
-    """Rows whose labels coincide get the config values that differ between them."""
+    """Each row shows the method parameters its runs were given (e.g. r=-0.2 for gls), and rows
+    whose labels coincide also the config values that differ between them."""
     by_label: dict[tuple, list[Row]] = {}
     for r in rows:
         by_label.setdefault((r.method, r.model, r.teachers, r.dataset), []).append(r)
     for same in by_label.values():
-        if len(same) < 2:
-            continue
         flats = [_comparable(r.runs[0].config) for r in same]
         keys = sorted(set().union(*flats))
         differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
         for r, f in zip(same, flats, strict=True):
+            given = [f"method_params.{k}" for k in sorted(r.runs[0].config.get("params") or {})]
+            shown = [k for k in given if k in f] + [k for k in differ if k not in given]
             r.settings = ", ".join(
                 f"{k.removeprefix('method_params.')}={json.dumps(f.get(k), separators=(',', ':'))}"
-                for k in differ
+                for k in shown
             )
 
 

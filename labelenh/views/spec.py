@@ -1,4 +1,4 @@
-"""`ViewSpec`: which augmentation a view applies, with the seeds' defaults."""
+"""`ViewSpec`: which augmentation a view applies, with the original code's defaults."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ViewSpec:
     mixup_alpha  lambda ~ Beta(alpha, alpha); 1.0 as in the label-enhancement code.
     cutmix_beta  lambda ~ Beta(beta, beta) before the box correction; 1.0.
     mix_prob   probability that a mix op mixes at all; otherwise the view is the base crop/flip
-               of the sample with weight 1 on its own label. 1.0 = every view mixed (the seeds).
+               of the sample with weight 1 on its own label. 1.0 = every view mixed (the original code).
     ricap_beta   boundary (w, h) ~ (W, H) * Beta(beta, beta); 0.3 as in Takahashi's RICAP.
     """
 
