@@ -7,9 +7,12 @@ and the same on noisy labels (`--noise symmetric:0.4`) for vanilla, ls, gls (r<0
 Everything runs through the `labelenh` command line; every command is printed. Finished runs are
 skipped and interrupted ones resumed, so the script can be run again after a stop.
 
-Budgets (`--budget`): `cpu` fits 2 CPU cores in about two hours; `small` in about 45 minutes;
-`tiny` is a smoke run of a few minutes; `gpu` is the full setting (ResNet-56 teachers and ResNet-20 students on the original
-240-epoch schedule is out of reach for 5k images, so it uses 200 epochs with cosine decay).
+Budgets (`--budget`; wall times measured on 2 CPU cores with `--jobs 2`, clean + noisy):
+  tiny   resnet8 teachers and students, 2 epochs: a smoke run of a few minutes
+  small  resnet20 teachers 15 epochs, resnet8 students 6 epochs, 8 views: 41 + 25 minutes
+  cpu    resnet20 teachers 30 epochs, resnet8 students 15 epochs, 16 views: about two hours
+  gpu    resnet56 teachers and resnet20 students, 200 epochs with cosine decay, 64 views: the
+         full setting, for one GPU (`--device cuda`)
 """
 
 from __future__ import annotations
