@@ -126,6 +126,25 @@ def test_given_method_parameters_are_shown_even_on_a_single_row(tmp_path):
     assert "| r=-0.2 |" in to_markdown(list(rows.values()))
 
 
+def test_plot_legend_names_tell_rows_apart(tmp_path):
+    from labelenh.report.figures import _short_names
+
+    gen = np.random.default_rng(4)
+    for r in (0.2, -0.2):
+        cfg = student_config("gls", 0, store=None)
+        cfg.update(params={"r": r}, method_params={"r": r, "wa": 0.0, "wb": 1.0})
+        write_run(tmp_path / f"gls{r}", cfg, metrics(gen), metrics(gen))
+    for model in ("resnet8", "resnet20"):
+        write_run(tmp_path / f"sl-{model}", student_config("sl", 0, model=model), metrics(gen), metrics(gen))
+    write_run(tmp_path / "vanilla", student_config("vanilla", 0, store=None), metrics(gen), metrics(gen))
+    rows = aggregate(collect_runs([tmp_path]))
+    names = dict(zip((r.label() for r in rows), _short_names(rows), strict=True))
+    assert {n for n in names.values() if n.startswith("gls")} == {"gls (r=-0.2)", "gls (r=0.2)"}
+    sl = sorted(n for n in names.values() if n.startswith("sl"))
+    assert len(sl) == 2 and "resnet20" in sl[0] and "resnet8" in sl[1]  # the full label where needed
+    assert "vanilla" in names.values()
+
+
 def test_markdown_and_csv(runs, tmp_path):
     parent, made = runs
     rows = aggregate(collect_runs([parent]))

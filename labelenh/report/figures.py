@@ -18,13 +18,22 @@ def scatter(rows: list[Row], path: Path) -> Path | None:
     """One dot per run (last-epoch test Acc@1 vs ECE) coloured by method, a cross per row mean."""
     from labelenh.plots import accuracy_ece_scatter
 
-    points = [(r.method, a, e) for row in rows for r in row.runs
+    names = _short_names(rows)
+    points = [(name, a, e) for row, name in zip(rows, names, strict=True) for r in row.runs
               if (a := r.metric("last", "acc1")) is not None and (e := r.metric("last", "ece")) is not None]
-    means = [(row.method, row.stat("last", "acc1").mean, row.stat("last", "ece").mean) for row in rows
+    means = [(name, row.stat("last", "acc1").mean, row.stat("last", "ece").mean)
+             for row, name in zip(rows, names, strict=True)
              if row.stat("last", "acc1").n and row.stat("last", "ece").n]
     if not points:
         return None
     return accuracy_ece_scatter(points, path, means=means, title="last epoch, test split")
+
+
+def _short_names(rows: list[Row]) -> list[str]:
+    """A legend name per row: the method and its settings (e.g. "gls (r=-0.2)"), or the full
+    label where rows with other models or teachers would share that name."""
+    short = [row.method + (f" ({row.settings})" if row.settings else "") for row in rows]
+    return [name if short.count(name) == 1 else row.label() for name, row in zip(short, rows, strict=True)]
 
 
 def _mean_curve(histories: list[list[dict[str, Any]]], value) -> tuple | None:
