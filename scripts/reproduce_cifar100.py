@@ -24,12 +24,11 @@ last-epoch and best-epoch figures separately).
 from __future__ import annotations
 
 import argparse
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).with_name("labelenh")
+from driver import default_jobs, finished, resume_flag, run, run_all, store_complete
+
+RECIPE = Path(__file__).resolve().parent.parent / "teachers" / "cifar100_resnet110.toml"
 METHODS = {
     "vanilla": ["--method", "vanilla"],
     "ls": ["--method", "ls", "--alpha", "0.1"],
@@ -42,12 +41,6 @@ METHODS = {
 }
 
 
-def run(args: list[str], dry: bool) -> None:
-    print("$ " + " ".join(shlex.quote(a) for a in ["labelenh", *args]), flush=True)
-    if not dry:
-        subprocess.run([str(BIN) if BIN.exists() else "labelenh", *args], check=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", required=True)
@@ -56,24 +49,29 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--views", type=int, default=64)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="independent runs at a time; default: 1 on a GPU, 2 on a CPU with 2+ cores")
     a = ap.parse_args()
+    jobs = default_jobs(a.jobs, a.device, ap)
     out, runs = Path(a.out), Path(a.out) / "runs"
     data = ["--dataset", "cifar100", "--data-root", a.data_root, "--device", a.device]
-    teachers = []
+    teachers, todo = [], []
     for s in range(a.seeds):
         name = f"teacher-resnet110-s{s}"
-        if not (runs / name / "summary.json").exists():
-            run(["teach", "--recipe", "teachers/cifar100_resnet110.toml", "--seed", str(s), "--name", name,
-                 "--runs-dir", str(runs), *data], a.dry_run)
+        if not finished(runs / name):
+            todo.append(["teach", "--recipe", str(RECIPE), "--seed", str(s), "--name", name,
+                         "--runs-dir", str(runs), *data, *resume_flag(runs / name)])
         teachers.append(runs / name)
+    run_all(todo, a.dry_run, jobs)
     store = out / "store.h5"
-    if not store.exists():
+    if not store_complete(store):  # an interrupted export resumes when rerun with the same arguments
         run(["export-soft-labels", *[x for t in teachers for x in ("--teacher", str(t))], "--out", str(store),
              "--aug", "ricap", "--views", str(a.views), "--format", "fp16", *data], a.dry_run)
     # The original student schedule: lr 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210.
     sched = ["--lr", "0.05", "--weight-decay", "5e-4", "--batch-size", "64", "--momentum", "0.9",
              "--schedule", "default"]
+    todo = []
     for student in a.students.split(","):
         for label, flags in METHODS.items():
             args = []
@@ -88,10 +86,11 @@ def main() -> None:
                     args.append(f)
             for s in range(a.seeds):
                 name = f"{student}-{label}-s{s}"
-                if not (runs / name / "summary.json").exists():
+                if not finished(runs / name):
                     # method flags come after the schedule so aug-sl+'s --schedule long wins
-                    run(["student", *sched, *args, "--model", student, "--seed", str(s), "--name", name,
-                         "--runs-dir", str(runs), *data], a.dry_run)
+                    todo.append(["student", *sched, *args, "--model", student, "--seed", str(s), "--name", name,
+                                 "--runs-dir", str(runs), *data, *resume_flag(runs / name)])
+    run_all(todo, a.dry_run, jobs)
     run(["report", str(runs), "--out", str(out / "report")], a.dry_run)
 
 

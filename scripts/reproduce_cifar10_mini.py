@@ -18,15 +18,10 @@ Budgets (`--budget`; wall times measured on 2 CPU cores with `--jobs 2`, clean +
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BIN = Path(sys.executable).with_name("labelenh")
+from driver import default_jobs, finished, resume_flag, run, run_all, store_complete
 
 BUDGETS = {
     #        teacher model, teacher epochs, student model, student epochs, views, seeds
@@ -54,37 +49,6 @@ CLEAN_METHODS = {
 NOISY_METHODS = ["vanilla", "ls", "gls-", "sl", "kd-sl"]
 
 
-def resume_flag(run_dir: Path) -> list[str]:
-    """An interrupted run (a checkpoint but no summary) is continued, not restarted or refused."""
-    return ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-
-
-def run(args: list[str], dry: bool) -> None:
-    run_all([args], dry, jobs=1)
-
-
-def run_all(commands: list[list[str]], dry: bool, jobs: int) -> None:
-    """Run independent commands, `jobs` at a time; with several jobs each uses one thread
-    (small CPU models train faster as two single-thread processes than one two-thread one)."""
-    for args in commands:
-        print("$ " + " ".join(shlex.quote(a) for a in ["labelenh", *args]), flush=True)
-    if dry or not commands:
-        return
-    env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
-    exe = str(BIN) if BIN.exists() else "labelenh"
-
-    def one(args: list[str]) -> int:
-        return subprocess.run([exe, *args], env=env).returncode
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # the others finish even if one fails
-        codes = list(pool.map(one, commands))
-    failed = [" ".join(args[:1] + args[args.index("--name"):][:2] if "--name" in args else args[:1])
-              for args, code in zip(commands, codes, strict=True) if code]
-    if failed:
-        raise SystemExit(f"reproduce: {len(failed)} command(s) failed ({'; '.join(failed)}): see their "
-                         "messages above; rerunning this script skips finished runs and resumes the others")
-
-
 def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool,
                jobs: int = 1) -> Path:
     data = ["--dataset", "cifar10-mini", "--device", device]
@@ -96,13 +60,13 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
     teachers, todo = [], []
     for s in range(b["seeds"]):
         name = f"teacher-s{s}"
-        if not (runs / name / "summary.json").exists():
+        if not finished(runs / name):
             todo.append(["teach", "--model", b["teacher"], "--epochs", str(b["t_epochs"]), "--seed", str(s),
                  "--name", name, "--runs-dir", str(runs), *sched, *data, *resume_flag(runs / name)])
         teachers.append(runs / name)
     run_all(todo, dry, jobs)
     store = out / "store.h5"
-    if not store.exists():
+    if not store_complete(store):  # an interrupted export resumes when rerun with the same arguments
         tflags = [x for t in teachers for x in ("--teacher", str(t))]
         run(["export-soft-labels", *tflags, "--out", str(store), "--aug", "ricap", "--views", str(b["views"]),
              "--view-seed", "0", "--format", "fp16", *data], dry)
@@ -121,7 +85,7 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
             flags += ["--teacher", str(teachers[0])]
         for s in range(b["seeds"]):
             name = f"{label}-s{s}"
-            if (runs / name / "summary.json").exists():
+            if finished(runs / name):
                 continue
             todo.append(["student", *flags, "--model", b["student"], "--epochs", str(b["s_epochs"]),
                          "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched, *data,
@@ -129,16 +93,6 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
     run_all(todo, dry, jobs)
     run(["report", str(runs), "--out", str(out / "report")], dry)
     return out
-
-
-def on_gpu(device: str) -> bool:
-    if device.startswith("cuda"):
-        return True
-    if device != "auto":
-        return False
-    import torch  # only to see what "auto" picks
-
-    return torch.cuda.is_available()
 
 
 def main() -> None:
@@ -152,10 +106,7 @@ def main() -> None:
                     help="independent runs at a time (one thread each); default: 2 on a CPU with 2+ cores, "
                          "1 on a GPU")
     a = ap.parse_args()
-    if a.jobs is None:
-        a.jobs = 1 if on_gpu(a.device) else min(2, os.cpu_count() or 1)
-    if a.jobs < 1:
-        ap.error("--jobs must be at least 1")
+    a.jobs = default_jobs(a.jobs, a.device, ap)
     b = BUDGETS[a.budget]
     t0 = time.perf_counter()
     out = Path(a.out)

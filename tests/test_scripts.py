@@ -1,23 +1,37 @@
-"""scripts/reproduce_cifar10_mini.py: the commands it runs (dry run), and that a second run
-skips finished runs and resumes interrupted ones instead of refusing them."""
+"""The experiment drivers (scripts/reproduce_*.py on scripts/driver.py): the commands they run
+(dry run), and that a second run skips finished runs and resumes interrupted ones (runs and
+stores) instead of refusing them."""
 
 from __future__ import annotations
 
 import importlib.util
 import shlex
+import sys
 from pathlib import Path
 
+import h5py
 import pytest
+import torch
+from tinynet import TinyNet
 
-REPO = Path(__file__).resolve().parent.parent
+from labelenh.data import TensorImages
+from labelenh.store import export_soft_labels, teacher_from_model
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the drivers import scripts/driver.py, as when run from there
+import driver  # noqa: E402
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("reproduce_cifar10_mini", REPO / "scripts" / "reproduce_cifar10_mini.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("reproduce_cifar10_mini")
 
 
 def commands(capsys) -> list[list[str]]:
@@ -68,18 +82,57 @@ def test_noisy_run_again_skips_finished_and_resumes_interrupted(repro, tmp_path,
     assert sorted({flag(c, "--method")[0] for c in cmds if c[1] == "student"}) == ["gls", "kd-sl", "ls", "sl", "vanilla"]
 
 
-def test_a_failed_command_lets_the_others_finish_and_ends_in_one_line(repro, monkeypatch, capsys):
+def test_a_failed_command_lets_the_others_finish_and_ends_in_one_line(monkeypatch):
     ran = []
 
     def fake_run(argv, env=None):
         ran.append(argv[1:])
         return type("Done", (), {"returncode": 2 if "bad" in argv else 0})()
 
-    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    monkeypatch.setattr(driver.subprocess, "run", fake_run)
     cmds = [["teach", "--name", "bad"], ["teach", "--name", "good"], ["report", "runs"]]
     with pytest.raises(SystemExit) as e:
-        repro.run_all(cmds, dry=False, jobs=2)
+        driver.run_all(cmds, dry=False, jobs=2)
     assert sorted(ran) == sorted(cmds)  # every command ran although the first failed
     msg = str(e.value)
     assert msg.startswith("reproduce: 1 command(s) failed (teach --name bad)") and "\n" not in msg
     assert "rerunning this script" in msg
+
+
+def test_an_interrupted_store_is_exported_again_and_a_finished_one_is_not(repro, tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    src = TensorImages(torch.randint(0, 256, (16, 3, 8, 8), generator=g, dtype=torch.uint8),
+                       torch.randint(0, 10, (16,), generator=g))
+    store = tmp_path / "store.h5"
+    kw = dict(dataset="toy", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3, chunk_size=8)
+    export_soft_labels(store, [teacher_from_model(TinyNet(1), "t")], src, **kw)
+    assert driver.store_complete(store)
+    with h5py.File(store, "r+") as f:  # the flag written last is what an interrupted store lacks
+        f.attrs["complete"] = False
+    assert not driver.store_complete(store)
+    assert not driver.store_complete(tmp_path / "absent.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    assert not driver.store_complete(tmp_path / "junk.h5")
+    for name in ("teacher-s0", "teacher-s1"):  # tiny budget: 2 teachers, both finished
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text("{}")
+    repro.experiment(tmp_path, repro.BUDGETS["tiny"], None, ["sl"], "cpu", dry=True)
+    assert [c[1] for c in commands(capsys)][:1] == ["export-soft-labels"]  # resumed, not skipped
+    with h5py.File(store, "r+") as f:
+        f.attrs["complete"] = True
+    repro.experiment(tmp_path, repro.BUDGETS["tiny"], None, ["sl"], "cpu", dry=True)
+    assert "export-soft-labels" not in [c[1] for c in commands(capsys)]
+
+
+def test_cifar100_driver_dry_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["reproduce_cifar100.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"),
+                                      "--students", "resnet20", "--seeds", "2", "--dry-run"])
+    load("reproduce_cifar100").main()
+    cmds = commands(capsys)
+    teach = [c for c in cmds if c[1] == "teach"]
+    assert len(teach) == 2 and Path(flag(teach[0], "--recipe")[0]).is_file()  # found from any folder
+    students = [c for c in cmds if c[1] == "student"]
+    assert len(students) == 8 * 2
+    plus = next(c for c in students if flag(c, "--name") == ["resnet20-aug-sl+-s0"])
+    assert flag(plus, "--schedule")[-1] == "long" and flag(plus, "--aug") == ["ricap"]
+    assert all(flag(c, "--data-root") == [str(tmp_path)] for c in cmds if c[1] != "report")
