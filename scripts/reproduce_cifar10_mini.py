@@ -11,6 +11,7 @@ Budgets (`--budget`; wall times measured on 2 CPU cores with `--jobs 2`, clean +
   tiny   resnet8 teachers and students, 2 epochs: a smoke run of a few minutes
   small  resnet20 teachers 15 epochs, resnet8 students 6 epochs, 8 views: 41 + 25 minutes
   cpu    resnet20 teachers 30 epochs, resnet8 students 15 epochs, 16 views: about two hours
+         (clean alone: 116 minutes with the cores shared about half of the time)
   gpu    resnet56 teachers and resnet20 students, 200 epochs with cosine decay, 64 views: the
          full setting, for one GPU (`--device cuda`)
 """
