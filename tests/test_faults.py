@@ -553,19 +553,24 @@ def test_full_disk_while_creating_a_store_keeps_the_previous_one(teacher, store,
     SoftLabelStore.open(out).close()
 
 
-def test_full_disk_while_writing_chunks_keeps_them_resumable(teacher, store, tmp_path, monkeypatch):
-    out = tmp_path / "s.h5"
+def disk_full_from_chunk(mp: pytest.MonkeyPatch, first: int) -> None:
+    """Every store chunk from `first` on fails to write with ENOSPC."""
     from labelenh.store.writer import StoreWriter
 
     write_chunk = StoreWriter.write_chunk
 
     def fills_up(self, c, *a):
-        if c >= 3:
+        if c >= first:
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         write_chunk(self, c, *a)
 
+    mp.setattr(StoreWriter, "write_chunk", fills_up)
+
+
+def test_full_disk_while_writing_chunks_keeps_them_resumable(teacher, store, tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
     with monkeypatch.context() as mp:
-        mp.setattr(StoreWriter, "write_chunk", fills_up)
+        disk_full_from_chunk(mp, 3)
         r = run_cli(*export_args(teacher, out))
     assert_one_line_error(r, f"no space left on device while writing {out}", "free space or choose another --out",
                           "chunks already written are kept", "rerun the same command")
@@ -581,17 +586,8 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(teacher, st
     out = tmp_path / "s.h5"
     out.write_bytes(store.read_bytes())
     other = [*export_args(teacher, out), "--view-seed", "1"]
-    from labelenh.store.writer import StoreWriter
-
-    write_chunk = StoreWriter.write_chunk
-
-    def fills_up(self, c, *a):
-        if c >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-        write_chunk(self, c, *a)
-
     with monkeypatch.context() as mp:
-        mp.setattr(StoreWriter, "write_chunk", fills_up)
+        disk_full_from_chunk(mp, 3)
         r = run_cli(*other, "--overwrite")
     assert_one_line_error(r, f"no space left on device while writing {out}", "the previous s.h5 is intact",
                           "chunks already written are kept", "rerun the same command")
@@ -609,7 +605,7 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(teacher, st
     # and what the abandoned run left is removed
     out.write_bytes(store.read_bytes())
     with monkeypatch.context() as mp:
-        mp.setattr(StoreWriter, "write_chunk", fills_up)
+        disk_full_from_chunk(mp, 3)
         assert run_cli(*other, "--overwrite").code == 2
     assert (tmp_path / f".{out.name}.overwrite.h5").exists()
     r = run_cli(*export_args(teacher, out))
