@@ -278,7 +278,7 @@ def export_soft_labels(
     try:
         # Rank 0 alone locks, creates or checks the store and absorbs shards left by an earlier
         # run; then every rank learns which chunks are missing.
-        msg, state, done, target = None, "", np.zeros(0, dtype=bool), out
+        msg, state, done = None, "", np.zeros(0, dtype=bool)
         if rank == 0:
             try:
                 lock.acquire()
