@@ -19,7 +19,7 @@ from labelenh.checkpoint import (
     resolve_checkpoint_path,
     state_dict_of,
 )
-from labelenh.engine import Batch, Engine, TrainConfig
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodInputs, build_method
 from labelenh.models import build_model
@@ -176,9 +176,10 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one student into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
+    name = check_run_name(s.name or default_run_name(f"student-{s.method}", s.model, s.data.dataset,
+                                                      s.train.seed))
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
-    name = s.name or default_run_name(f"student-{s.method}", s.model, s.data.dataset, s.train.seed)
     run_dir = Path(s.runs_dir) / name
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")

@@ -220,7 +220,7 @@ CASES = [
     Case("student-resume-with-another-store", ["student", *DS, *TRAIN, "--runs-dir", "{file}", "--name", "s",
                                                "--method", "sl", "--store", "{store}", "--resume"],
          ["--resume", "different settings", "store"], student_run_on_clean_store),
-    Case("student-lr-not-finite", [*STUDENT, "--method", "ls", "--lr", "nan"], ["--lr", "positive"]),
+    Case("student-lr-not-finite", [*STUDENT, "--method", "ls", "--lr", "nan"], ["--lr", "(0, 1e4]"]),
     # -- views show ----------------------------------------------------------------------------
     Case("views-show-zero-views", ["views", "show", "--n", "0", "--out", "{work}/v.png"], ["--n", "[1, 1024]"]),
     Case("views-show-out-below-a-file", ["views", "show", "--dataset", "synthetic:10:2", "--n", "2",

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, OutputError
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +24,7 @@ def evaluate(
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help="Equal-width ECE bins.")] = 15,
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Equal-width ECE bins, in {B.ECE_BINS.text()}.")] = 15,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
     diagram: Annotated[Path | None, typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
     device: c.Device = "auto",
@@ -34,8 +35,7 @@ def evaluate(
     from labelenh.teach import DataSettings
 
     c.check_val_split(val_split)
-    if ece_bins < 1:
-        raise LabelenhError(f"--ece-bins must be at least 1, got {ece_bins}")
+    B.ECE_BINS.check(ece_bins, "--ece-bins")
     path = resolve_checkpoint_path(checkpoint)
     given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
                  noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size)
@@ -63,5 +63,7 @@ def evaluate(
 
         reliability_diagram(logits, labels, out, n_bins=ece_bins, title=f"{path.parent.name} ({split})")
         print(f"reliability diagram: {out}")
+    except OutputError:
+        raise  # a full disk fails the command; only a missing matplotlib is a note
     except LabelenhError as e:
         print(f"labelenh: note: {e}")

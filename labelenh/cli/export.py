@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
 from labelenh.errors import LabelenhError
 
@@ -26,8 +27,8 @@ def export_soft_labels_cmd(
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
     aug: Annotated[str | None, typer.Option("--aug", help="View augmentation: crop-flip | mixup | cutmix | ricap | none.", rich_help_panel=H_VIEWS)] = None,
-    views: Annotated[int, typer.Option("--views", help="Views per sample (needs --aug); 0 = clean logits only.", rich_help_panel=H_VIEWS)] = 0,
-    view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the view recipes.", rich_help_panel=H_VIEWS)] = 0,
+    views: Annotated[int, typer.Option("--views", help=f"Views per sample (needs --aug); 0 = clean logits only; in {B.VIEWS.text()}.", rich_help_panel=H_VIEWS)] = 0,
+    view_seed: Annotated[int, typer.Option("--view-seed", help=f"Seed of the view recipes, in {B.SEED.text()}.", rich_help_panel=H_VIEWS)] = 0,
     pad: Annotated[int | None, typer.Option("--pad", help="Random-crop padding (default: the dataset's, 4 for 32x32).", rich_help_panel=H_VIEWS)] = None,
     mixup_alpha: Annotated[float | None, typer.Option("--mixup-alpha", rich_help_panel=H_VIEWS)] = None,
     cutmix_beta: Annotated[float | None, typer.Option("--cutmix-beta", rich_help_panel=H_VIEWS)] = None,
@@ -55,14 +56,14 @@ def export_soft_labels_cmd(
     if dataset is None:
         raise LabelenhError("--dataset is required: the train split the teachers label (e.g. cifar10, npz:PATH)")
     c.check_val_split(val_split)
-    if views < 0:
-        raise LabelenhError(f"--views must be >= 0, got {views}")
+    B.VIEWS.check(views, "--views")
+    B.SEED.check(view_seed, "--view-seed")
     if aug is not None and views == 0:
         raise LabelenhError(f"--aug {aug} needs --views N (views per sample), e.g. --views 32")
     if views and aug is None:
         raise LabelenhError(f"--views {views} needs --aug crop-flip|mixup|cutmix|ricap")
-    if batch_size is not None and batch_size < 1:
-        raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
+    if batch_size is not None:
+        B.BATCH_SIZE.check(batch_size, "--batch-size")
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
     dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
+
 
 def register(app: typer.Typer) -> None:
     app.command("report")(report)
@@ -20,7 +22,7 @@ def report(
     group_by: Annotated[str, typer.Option("--group-by", help="Column that orders the table: method | model | teachers | dataset.")] = "method",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the accuracy-vs-ECE scatter and the training curves.")] = True,
     diagrams: Annotated[bool, typer.Option("--diagrams/--no-diagrams", help="Draw reliability diagrams from each row's first-seed checkpoint (loads the dataset).")] = True,
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help="Equal-width bins of the reliability diagrams.")] = 15,
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Equal-width bins of the reliability diagrams, in {B.ECE_BINS.text()}.")] = 15,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda, for the reliability diagrams' predictions.")] = "auto",
 ) -> None:
     """Tabulate runs: Acc@1, NLL, ECE, Brier at the last and best epoch, mean ± std over seeds."""

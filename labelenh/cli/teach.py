@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
 from labelenh.distributed import env_rank
+from labelenh.engine import check_run_name
 from labelenh.errors import LabelenhError
 from labelenh.utils import write_json
 
@@ -23,7 +25,7 @@ def teach(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Train one teacher per seed, e.g. 0,1,2 (an ensemble).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.")] = None,
     aug: Annotated[str | None, typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
@@ -54,6 +56,8 @@ def teach(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    if name is not None:
+        check_run_name(name)
     if v.get("patience") and not v.get("val_split"):
         raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
     data = DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v})
@@ -75,6 +79,10 @@ def teach(
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
+    for s in seed_list:  # every member checked before the first one trains
+        B.SEED.check(s, "--seeds")
+        if name and len(seed_list) > 1:
+            check_run_name(f"{name}-s{s}")
     members = []
     for s in seed_list:
         run_name = name if (name and len(seed_list) == 1) else None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.errors import LabelenhError
 
 views_app = typer.Typer(help="Look at augmentation views (replayable recipes).", no_args_is_help=True)
@@ -27,8 +28,8 @@ def show(
     aug: Annotated[str, typer.Option("--aug", help="none | crop-flip | mixup | cutmix | ricap")] = "ricap",
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset spec, as for `teach`.")] = "cifar10-mini",
     n: Annotated[int, typer.Option("--n", help="How many views to draw.")] = 16,
-    seed: Annotated[int, typer.Option("--seed", help="View seed (the recipes depend on it only).")] = 0,
-    view: Annotated[int, typer.Option("--view", help="View index drawn for every sample.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help=f"View seed (the recipes depend on it only), in {B.SEED.text()}.")] = 0,
+    view: Annotated[int, typer.Option("--view", help=f"View index drawn for every sample, in {B.VIEW_INDEX.text()}.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("views.png"),
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder holding the dataset.")] = None,
     pad: Annotated[int | None, typer.Option("--pad", help="Crop padding (default: the dataset's).")] = None,
@@ -48,8 +49,8 @@ def show(
     ViewSpec.parse(aug, **overrides)  # fail on a bad option before loading any data
     if not 1 <= n <= 1024:
         raise LabelenhError(f"--n must be in [1, 1024], got {n}")
-    if view < 0:
-        raise LabelenhError(f"--view must be >= 0, got {view}")
+    B.SEED.check(seed, "--seed")
+    B.VIEW_INDEX.check(view, "--view")
     if out.suffix.lower() != ".png":
         raise LabelenhError(f"--out must name a .png file, got {out}")
     bundle = _load_bundle(dataset, data_root)
