@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from clitools import assert_one_line_error, run_cli
+from storetools import restamp
 
 from labelenh.errors import LabelenhError
 from labelenh.store import SoftLabelStore
@@ -95,12 +96,14 @@ def student_run_on_clean_store(made, work: Path) -> Path:
 
 
 def damaged_store(edit: Callable[[h5py.File], None], source: str = "store") -> Callable:
-    """A copy of a good store with `edit` applied through h5py."""
+    """A copy of a good store with `edit` applied through h5py, then re-signed (checksums made
+    anew), so that the check behind the checksums is the one that must refuse it."""
     def prep(made, work: Path) -> Path:
         p = work / "damaged.h5"
         shutil.copy(made[source], p)
         with h5py.File(p, "r+") as f:
             edit(f)
+        restamp(p)
         return p
     return prep
 
@@ -326,6 +329,7 @@ def test_store_attributes_are_parsed_never_evaluated(made, tmp_path, where):
             f["teachers/t"].attrs["metrics"] = code
         else:
             f.attrs[where] = code
+    restamp(p)  # signed: the parser, not the checksum, must refuse it
     for argv in (["store", "info", p], ["store", "verify", p, *DS],
                  ["student", *DS, *TRAIN, "--method", "sl", "--store", p, "--runs-dir", tmp_path / "runs"]):
         r = run_cli(*argv)

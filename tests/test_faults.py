@@ -131,12 +131,12 @@ def traced_atomic_write(path, write, **kw):
 ck.atomic_write = traced_atomic_write
 
 in_chunk = []
-fsync = wr.fsync
-def traced_fsync(path):
-    fsync(path)
-    if in_chunk:  # write_chunk's one fsync: between the chunk's data and its flag
+sync_data = wr.sync_data
+def traced_sync_data(fd):
+    sync_data(fd)
+    if in_chunk:  # write_chunk's sync between the chunk's data and its flag
         say("data-synced")
-wr.fsync = traced_fsync
+wr.sync_data = traced_sync_data
 
 write_chunk = wr.StoreWriter.write_chunk
 def traced_write_chunk(self, c, *a):

@@ -292,7 +292,8 @@ def export_soft_labels(
                 writer, done = _open_for_writing(target, plan, state)
             except LabelenhError as e:
                 msg = str(e)
-        msg, state, done, target = dist.broadcast_object((msg, state, done, target))
+        # the store's schema too: resuming a schema-1 store writes it as schema 1
+        msg, state, done, target, plan.schema = dist.broadcast_object((msg, state, done, target, plan.schema))
         if msg is not None:
             raise LabelenhError(msg)
         result.already_complete = state == "complete" and target == out  # else: renamed below
@@ -458,6 +459,9 @@ def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
     except LabelenhError as e:
         raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
     old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
+    if attrs.get("schema") == 1 and {**new, "schema": 1} == old:
+        plan.schema = 1  # an earlier version's store: finish it in its own layout (no checksums)
+        new = old
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise LabelenhError(
