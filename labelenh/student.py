@@ -176,8 +176,8 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one student into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
-    name = check_run_name(s.name or default_run_name(f"student-{s.method}", s.model, s.data.dataset,
-                                                      s.train.seed))
+    name = check_run_name(s.name if s.name is not None else default_run_name(
+        f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
     run_dir = Path(s.runs_dir) / name

@@ -126,7 +126,8 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     device = dist.init_from_env(resolve_device(s.device))
     s.train.validate()
     spec = ViewSpec.from_dict(s.aug)
-    name = check_run_name(s.name or default_run_name("teach", s.model, s.data.dataset, s.train.seed))
+    name = check_run_name(s.name if s.name is not None else default_run_name(
+        "teach", s.model, s.data.dataset, s.train.seed))
     bundle = s.data.load()
     run_dir = Path(s.runs_dir) / name
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
