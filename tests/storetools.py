@@ -33,3 +33,38 @@ def restamp(path: str | Path) -> None:
                 a, b = chunk_rows(name, c, cs, n)
                 sums[c, d] = crc32(arr[a:b])
         f["checksums"][...] = sums
+
+
+def contents(path: str | Path) -> dict:
+    """Every dataset's bytes and every attribute (but `created`), for bit-for-bit comparison."""
+    out: dict = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj) -> None:
+            attrs = {k: repr(v) for k, v in obj.attrs.items() if k != "created"}
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (str(obj.dtype), obj.shape, obj[()].tobytes(), attrs)
+            else:
+                out[name] = attrs
+        out["/"] = {k: repr(v) for k, v in f.attrs.items() if k != "created"}
+        f.visititems(visit)
+    return out
+
+
+def data_ranges(path: str | Path) -> dict[str, tuple[int, int]]:
+    """File byte range [start, end) of every contiguous dataset."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
+                off = obj.id.get_offset()
+                out[name] = (off, off + obj.id.get_storage_size())
+        f.visititems(visit)
+    return out
+
+
+def flip_bit(path: str | Path, byte: int, bit: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(byte)
+        b = f.read(1)[0]
+        f.seek(byte)
+        f.write(bytes([b ^ (1 << bit)]))

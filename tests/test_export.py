@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from clitools import assert_one_line_error, run_cli
-from storetools import restamp
+from storetools import contents, restamp
 from tinynet import TinyNet
 from torch import nn
 
@@ -55,21 +55,6 @@ def run_export(path, fmt="topk:4", teachers=None, **kw):
     spec = ViewSpec("mixup", pad=2) if kw["num_views"] else None
     return export_soft_labels(path, teachers or make_teachers(), make_source(), dataset="toy", num_classes=C,
                               mean=MEAN, std=STD, spec=spec, fmt=fmt, chunk_size=CS, **kw)
-
-
-def contents(path) -> dict:
-    """Every dataset's bytes and every attribute (but `created`), for bit-for-bit comparison."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            attrs = {k: repr(v) for k, v in obj.attrs.items() if k != "created"}
-            if isinstance(obj, h5py.Dataset):
-                out[name] = (str(obj.dtype), obj.shape, obj[()].tobytes(), attrs)
-            else:
-                out[name] = attrs
-        out["/"] = {k: repr(v) for k, v in f.attrs.items() if k != "created"}
-        f.visititems(visit)
-    return out
 
 
 @pytest.fixture(scope="module")
