@@ -354,3 +354,38 @@ def test_an_interrupted_schema_1_export_resumes_as_schema_1(tmp_path):
                            std=small.std, num_views=2, spec=ViewSpec("crop-flip", pad=2), view_seed=5,
                            fmt="fp16", chunk_size=4, device="cpu", dataset_meta=small.meta)
     assert r.already_complete
+
+
+# ---- shards of a multi-process export --------------------------------------------------------
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_shard_chunk_that_fails_its_checksum_is_redone_not_merged(bundle, tmp_path, damaged):
+    """Rank 0 merges the chunks other ranks wrote in their shards: one whose bytes changed
+    since (its checksums no longer match) is left for the rerun, with the chunks after it."""
+    from labelenh.store import shards
+    from labelenh.store.writer import StoreWriter, create_store
+
+    ref = tmp_path / "ref.h5"
+    plan = export(bundle, ref).plan
+    out = tmp_path / "s.h5"
+    create_store(out, plan)
+    mine = [1, 3, 6]
+    sp = shards.create_shard(shards.shard_path(out, 1), plan, mine, 1, 2)
+    with h5py.File(ref, "r") as f:
+        payloads = [shards._read_chunk(f, plan, c) for c in mine]  # a store: a shard of every chunk
+    w = StoreWriter(shards.shard_path(out, 1), sp)
+    for j, payload in enumerate(payloads):
+        w.write_chunk(j, *payload)
+    w.close()
+    if damaged:  # one bit of the shard's second chunk (store chunk 3) of the view logits
+        start, _ = data_ranges(shards.shard_path(out, 1))["teachers/t/views"]
+        row_bytes = 6 * 2 * 2  # V x C x fp16
+        flip_bit(shards.shard_path(out, 1), start + CS * row_bytes + 5, 0)
+    writer = StoreWriter(out, plan)
+    copied = shards.absorb(writer, plan, shards.shard_path(out, 1))
+    done = writer.done()
+    writer.close()
+    assert copied == (1 if damaged else 3)
+    assert list(np.flatnonzero(done)) == ([1] if damaged else mine)
+    assert not shards.shard_path(out, 1).exists()
+    assert_flagged_chunks_hold_the_reference(out, ref)

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from labelenh.cli import common as c
-from labelenh.errors import LabelenhError
 
 store_app = typer.Typer(help="Inspect or verify a soft-label store.", no_args_is_help=True)
 

@@ -27,7 +27,6 @@ from labelenh.store.schema import (
     CHECKSUM,
     FORMAT,
     READ_SCHEMAS,
-    SCHEMA,
     TEACHER_JSON_ATTRS,
     LogitFormat,
     TeacherRecord,

@@ -37,7 +37,14 @@ import numpy as np
 
 from labelenh.store.lock import ExportLock
 from labelenh.store.schema import StorePlan, crc32, decode_attrs
-from labelenh.store.writer import StoreWriter, TeacherChunk, fsync, reserve, stamp_attrs, write_skeleton
+from labelenh.store.writer import (
+    StoreWriter,
+    TeacherChunk,
+    fsync,
+    reserve,
+    stamp_attrs,
+    write_skeleton,
+)
 
 SHARD_FORMAT = "labelenh.softlabels.shard"
 # Fault injection for tests: "RANK:N" makes that rank's process die (os._exit, no clean-up, as a
