@@ -362,7 +362,7 @@ class SoftLabelStore:
         # in this process — each chunk of each dataset is checked once, when first read.
         self._sums: np.ndarray | None = None
         self._columns = {name: d for d, (name, _, _) in enumerate(checksummed(expected_datasets(attrs)))}
-        self._checked: set[tuple[str, int]] = set()
+        self._checked: dict[str, np.ndarray] = {}  # dataset -> bool [chunks] checked
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -615,13 +615,18 @@ class SoftLabelStore:
         if self._preloaded or self._sums is None or name not in self._columns:
             return
         cs, n = int(self.attrs["chunk_size"]), self.num_samples
-        new = [int(c) for c in np.unique(samples // cs) if (name, int(c)) not in self._checked]
+        checked = self._checked.get(name)
+        if checked is None:
+            checked = self._checked[name] = np.zeros(self._sums.shape[0], dtype=bool)
+        chunks = samples // cs
+        if checked[chunks].all():  # the common case after the first epoch: nothing to do
+            return
         arr = self._array(name)
-        for c in new:
+        for c in np.unique(chunks[~checked[chunks]]).tolist():
             a, b = chunk_rows(name, c, cs, n)
             if crc32(np.asarray(arr[a:b])) != int(self._sums[c, self._columns[name]]):
                 raise damage_error(self.path, [chunk_damage(name, c, cs, n)])
-            self._checked.add((name, c))
+            checked[c] = True
 
     def _take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of a dataset by flat leading index (sample, or sample * V + view)."""
