@@ -437,3 +437,18 @@ def test_small_fs_really_is_small(tmp_path):
             f.flush()
             os.fsync(f.fileno())
         assert e.value.errno == 28
+
+
+@pytest.mark.parametrize("flag", ["--init", "--weights"])
+def test_tensors_that_cannot_be_copied_into_the_model_are_one_line(tmp_path, flag):
+    # tensors of the right names and shapes but without data (the "meta" device): loading them
+    # fails inside load_state_dict, after every name and shape check passed
+    from labelenh.models import build_model
+
+    path = tmp_path / "meta.pt"
+    model = build_model("resnet8", 10, in_chans=3)
+    torch.save({k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}, path)
+    cmd = ["student", "--method", "ls"] if flag == "--init" else ["teach"]
+    r = run_cli(*cmd, *DS, *TRAIN, "--epochs", "1", flag, path, "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(r, "do not fit resnet8", "conv1.weight")
+    assert not (tmp_path / "runs").exists()
