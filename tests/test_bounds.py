@@ -170,13 +170,14 @@ def test_an_npz_label_of_a_billion_is_not_a_billion_class_head(tmp_path):
 
 # ---- run names --------------------------------------------------------------------------------
 
-BAD_NAMES = {"parent": "../x", "absolute": "/abs/x", "nested": "a/b", "backslash": "a\\b", "dot": ".",
+BAD_NAMES = {"parent": "../x", "absolute": "{tmp}/elsewhere/x", "nested": "a/b", "backslash": "a\\b", "dot": ".",
              "dotdot": "..", "empty": "", "blank": "  ", "newline": "a\nb", "nul": "a\x00b",
              "escape": "a\x1b[31mb", "tab": "a\tb", "trailing-space": "x ", "too-long": "x" * 300}
 
 
 @pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
 def test_a_run_name_must_be_one_folder_name(tmp_path, name):
+    name = name.replace("{tmp}", str(tmp_path))  # an absolute path that stays inside the test's folder
     work = tmp_path / "work"
     (work / "runs").mkdir(parents=True)
     for argv in ([*TEACH, "--name", name], ["student", *DS, *TRAIN, "--epochs", "1", "--method", "ls", "--name", name]):
@@ -184,7 +185,6 @@ def test_a_run_name_must_be_one_folder_name(tmp_path, name):
         assert_one_line_error(r, "--name")
         assert "\n" not in r.err.rstrip("\n")
     assert tree(tmp_path) == {"work": "", "work/runs": ""}, "something was written for a bad name"
-    assert not Path("/abs").exists()
 
 
 def test_an_ensemble_name_is_checked_for_every_member_before_training(tmp_path):
