@@ -193,6 +193,15 @@ def test_an_ensemble_name_is_checked_for_every_member_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_ensemble_member_that_already_holds_a_run_is_refused_before_any_trains(tmp_path):
+    taken = tmp_path / "runs" / "e-s1"
+    taken.mkdir(parents=True)
+    (taken / "checkpoint.pt").write_bytes(b"an earlier run")
+    r = run_cli(*TEACH, "--seeds", "0,1", "--name", "e", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(r, "e-s1 already holds a run", "--resume")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e-s1"], "member s0 trained first"
+
+
 def test_a_good_name_with_dots_and_dashes_is_accepted():
     from labelenh.engine import check_run_name
 
