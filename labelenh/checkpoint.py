@@ -11,6 +11,9 @@ Layout (`format = "labelenh.checkpoint"`, `version = 1`):
     config                              the resolved run configuration (JSON-able)
     metrics                             test metrics of this epoch, when evaluated
     env                                 versions, git commit, machine
+
+Every field is checked against `FIELDS` when a checkpoint is read (`RESUME_FIELDS` and
+`ENGINE_FIELDS` too when a run resumes), so a malformed or edited file fails in one line.
 """
 
 from __future__ import annotations

@@ -391,6 +391,24 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last(t
         assert json.loads((runs / "t" / "summary.json").read_text())["epochs_run"] == 2
 
 
+@pytest.mark.parametrize("where", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_a_checkpoint_write_that_runs_out_of_space_anywhere_is_one_error(tmp_path, where):
+    # the disk fills at several places inside torch's zip writer, up to its last bytes (the end of
+    # the archive, written when it closes)
+    from labelenh.checkpoint import save_checkpoint
+
+    payload = {"model_name": "x", "num_classes": 10, "model": {"w": torch.arange(60_000, dtype=torch.float32)}}
+    with small_fs(tmp_path, 1024) as mnt:
+        path = save_checkpoint(mnt / "c.pt", {**payload, "epoch": 1})
+        kept, size = _digest(path), path.stat().st_size
+        fill(mnt, leave_kib=int(size * where) // 1024)
+        assert free_bytes(mnt) < size
+        with pytest.raises(LabelenhError, match=r"^no space left on device while writing .*c\.pt: .*"
+                                                r"the previous c\.pt is intact$"):
+            save_checkpoint(path, {**payload, "epoch": 2})
+        assert _digest(path) == kept and _temporaries(mnt) == []
+
+
 def test_a_full_disk_for_a_new_student_run_leaves_no_valid_looking_run(tmp_path):
     with small_fs(tmp_path, 2048) as mnt:
         fill(mnt, leave_kib=64)  # the JSON files fit, the first checkpoint does not
