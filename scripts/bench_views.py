@@ -86,7 +86,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                 out.append(TF.hflip(x) if flips[i] else x)
             return torch.stack(out).to(torch.float32)
     else:
-        spec = ViewSpec(op, pad=pad)
+        spec = ViewSpec.build(op, {"pad": pad})  # pad where the op (or its base) takes one
         rec = sample_views(n, 1, spec, args.seed, (32, 32), samples=idx)
         if kind == "sample":
             fn = lambda: sample_views(n, 1, spec, args.seed, (32, 32), samples=idx)  # noqa: E731

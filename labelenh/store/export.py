@@ -458,6 +458,10 @@ def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
     except LabelenhError as e:
         raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
     old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
+    from labelenh.views.spec import same_spec
+
+    if same_spec(old.get("view_spec"), new.get("view_spec")):  # a schema-1 dict names every op's options
+        old["view_spec"] = new["view_spec"]
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise LabelenhError(
