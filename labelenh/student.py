@@ -27,13 +27,9 @@ from labelenh.pipeline import ImagePipeline
 from labelenh.store.dataset import StoreBatches
 from labelenh.teach import DataSettings, _write_reliability, dataset_record, default_run_name
 from labelenh.utils import derive_seed, resolve_device
-from labelenh.views import ViewSpec, get_op
+from labelenh.views import ViewSpec, get_op, names_views_of
+from labelenh.views import augments as _augments  # --aug changes the image: the store's views
 from labelenh.views.ops import default_base
-
-
-def _augments(aug: str | None) -> bool:
-    """--aug names an op that changes the image (not the identity): train on the store's views."""
-    return aug is not None and get_op(aug).augments
 
 
 @dataclass
@@ -143,9 +139,10 @@ def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=pri
                                 f"{', '.join(store.teachers)}")
         ids = list(s.teachers)
     if _augments(s.aug):
-        have = store.view_spec.op if (store.view_spec is not None and store.num_views) else None
-        if have != get_op(s.aug).name:
-            raise LabelenhError(f"--aug {s.aug}: {s.store} holds {'views of ' + have if have else 'no views'}; "
+        have = store.view_spec if (store.view_spec is not None and store.num_views) else None
+        if have is None or not names_views_of(s.aug, have):
+            held = f"views of {have.describe()}" if have is not None else "no views"
+            raise LabelenhError(f"--aug {s.aug}: {s.store} holds {held}; "
                                 f"export with --aug {s.aug} or drop --aug")
         if store.num_views < s.train.epochs and dist.is_main():
             warn(f"labelenh: warning: the store has {store.num_views} views for {s.train.epochs} epochs: views "

@@ -41,7 +41,7 @@ SOURCE = TensorImages(IMAGES, LABELS)
 
 def spec_for(op: str, **kw) -> ViewSpec:
     """`op` with these options where it (or its base) has them: one call serves every op."""
-    return ViewSpec.build(op, {"pad": 3, **kw})
+    return ViewSpec.build(op, {"pad": 3, **kw}, **get_op(op).example())
 
 
 def apply_rec(rec: Recipes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,9 +122,9 @@ def test_spec_round_trip_and_sources():
     assert ViewSpec.parse("mixup", alpha=0.2) == ViewSpec("mixup", mixup_alpha=0.2)  # schema-1 name
     assert ViewSpec().to_dict() == {"op": "crop-flip", "pad": 4, "flip": True}
     for op in OPS:
-        spec = ViewSpec(op)
+        spec = ViewSpec(op, **get_op(op).example())
         assert ViewSpec.from_dict(spec.to_dict()) == spec
-        assert spec.num_sources == get_op(op).num_sources >= 1
+        assert spec.num_sources == get_op(op).sources(spec) >= 1
         # a spec records its own op's options only: other ops' options never enter its identity
         own = {p.name for p in get_op(op).params} | ({"base"} if get_op(op).takes_base else set())
         assert set(spec.to_dict()) - {"op"} == own
@@ -457,7 +457,8 @@ def test_png_grid(tmp_path):
         render_views_grid(x, w, ["too", "few"], tmp_path / "x.png")
 
 
-def test_cli_views_show(tmp_path, monkeypatch):
+@pytest.mark.parametrize("op", OPS)
+def test_cli_views_show(op, tmp_path, monkeypatch):
     from clitools import assert_one_line_error, run_cli
 
     from labelenh.cli import views as cli_views
@@ -468,7 +469,7 @@ def test_cli_views_show(tmp_path, monkeypatch):
                            test=SOURCE)
     monkeypatch.setattr(cli_views, "_load_bundle", lambda dataset, root: bundle)
     out = tmp_path / "v.png"
-    r = run_cli("views", "show", "--aug", "cutmix", "--n", "6", "--out", str(out))
+    r = run_cli("views", "show", "--aug", get_op(op).example_aug(), "--n", "6", "--out", str(out))
     assert r.code == 0, r.err
     assert r.out.strip() == str(out)
     with Image.open(out) as im:

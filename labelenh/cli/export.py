@@ -63,7 +63,10 @@ def export_soft_labels_cmd(
     if view_flags and aug is None:
         raise LabelenhError(f"{', '.join(view_flags)} set(s) view options: pass --aug and --views too")
     if aug is not None:
-        spec_from_flags(aug, view_flags or {})  # a bad view option fails before any data is read
+        probe = spec_from_flags(aug, view_flags or {})  # a bad view option fails before any data is read
+        bad = probe.impl.check_views(probe, views)
+        if bad:
+            raise LabelenhError(f"--aug {aug} --views {views}: {bad}")
     if batch_size is not None and batch_size < 1:
         raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
     if verify < 0:

@@ -28,7 +28,8 @@ def _flags() -> dict[str, list[tuple[str, Any]]]:
     out: dict[str, list[tuple[str, Any]]] = {}
     for name, op in OPS.items():
         for p in op.params:
-            out.setdefault(p.cli_flag, []).append((name, p))
+            if p.cli:
+                out.setdefault(p.cli_flag, []).append((name, p))
     return out
 
 
@@ -59,7 +60,7 @@ def with_view_options(panel: str | None = None) -> Callable:
         for flag, owners in _flags().items():
             p = owners[0][1]
             ops = ", ".join(o for o, _ in owners)
-            default = p.default if p.kind != "pair" else ",".join(f"{v:g}" for v in p.default)
+            default = ",".join(f"{v:g}" for v in p.default) if p.kind == "pair" else p.default
             help_ = f"{p.help} ({ops}; default {default})"
             decl = f"{flag}/--no-{flag[2:]}" if p.kind == "bool" else flag
             ann = Annotated[_TYPES[p.kind] | None, typer.Option(decl, help=help_, rich_help_panel=panel,
@@ -97,6 +98,11 @@ def spec_from_flags(aug: str, flags: dict[str, Any], defaults: dict[str, Any] | 
     from labelenh.views.ops import default_base
 
     op = get_op(aug)
+    text = str(aug).strip().lower()
+    if op.claims(text):  # a list of ops: flags go to every listed op that takes them
+        own = {p.name: flags[p.cli_flag] for p in op.params if p.cli_flag in flags}
+        rest = {f: v for f, v in flags.items() if f not in {p.cli_flag for p in op.params}}
+        return op.from_text(text, own, lambda name: _some(name, rest, defaults), set(rest))
     base_name = flags.get("--base")
     if base_name is not None and not op.takes_base:
         raise LabelenhError(f"--base does not apply to --aug {op.name}")
@@ -121,3 +127,15 @@ def spec_from_flags(aug: str, flags: dict[str, Any], defaults: dict[str, Any] | 
         b = ViewSpec.build(base.name, defaults, **base_opts)
         return ViewSpec(op.name, **opts, base=b)
     return ViewSpec.build(op.name, defaults, **opts)
+
+
+def _some(op: str, flags: dict[str, Any], defaults: dict[str, Any] | None):
+    """(spec of `op` from the flags that apply to it, those flags)."""
+    from labelenh.views import get_op
+    from labelenh.views.ops import default_base
+
+    o = get_op(op)
+    base = get_op(flags["--base"]) if o.takes_base and "--base" in flags else (default_base() if o.takes_base else None)
+    takes = {p.cli_flag for p in o.params} | ({p.cli_flag for p in base.params} | {"--base"} if base else set())
+    used = {f for f in flags if f in takes}
+    return spec_from_flags(op, {f: flags[f] for f in used}, defaults), used

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labelenh.errors import LabelenhError
-from labelenh.views import OPS  # a student whose --aug changes the image is "aug-<method>"
+from labelenh.views import augments  # a student whose --aug changes the image is "aug-<method>"
 
 METRICS = ("acc1", "nll", "ece", "brier")
 EPOCHS = ("last", "best")
@@ -97,8 +97,7 @@ def method_label(config: dict[str, Any]) -> str:
     if config.get("stage") in TEACHER_STAGES:
         return "teacher"
     method = str(config.get("method") or "vanilla")
-    aug = config.get("aug")
-    return f"aug-{method}" if aug in OPS and OPS[aug].augments else method
+    return f"aug-{method}" if augments(config.get("aug")) else method
 
 
 def teachers_label(config: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from labelenh.views.apply import apply_views, gather_and_apply
 from labelenh.views.ops import OPS, get_op
 from labelenh.views.recipes import Recipes, from_draws, layout, recipe_dtype
 from labelenh.views.sample import sample_views
-from labelenh.views.spec import ViewSpec, options_of
+from labelenh.views.spec import ViewSpec, augments, names_views_of, options_of
 
-__all__ = ["OPS", "Recipes", "ViewSpec", "apply_views", "from_draws", "gather_and_apply", "get_op",
-           "layout", "options_of", "recipe_dtype", "sample_views"]
+__all__ = ["OPS", "Recipes", "ViewSpec", "apply_views", "augments", "from_draws", "gather_and_apply",
+           "get_op", "layout", "names_views_of", "options_of", "recipe_dtype", "sample_views"]

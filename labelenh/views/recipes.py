@@ -24,9 +24,10 @@ from labelenh.views.ops import Field, get_op
 from labelenh.views.spec import ViewSpec
 
 
-def layout(spec: ViewSpec) -> tuple[Field, ...]:
-    """Every recipe field of `spec`: the op's own, then its base's (partners not included)."""
-    s = spec.num_sources
+def layout(spec: ViewSpec, num_sources: int | None = None) -> tuple[Field, ...]:
+    """Every recipe field of `spec`: the op's own, then its base's (partners not included).
+    `num_sources` sizes per-source fields (default: the spec's own)."""
+    s = spec.num_sources if num_sources is None else num_sources
     own = get_op(spec.op).fields(spec, s)
     base = get_op(spec.base.op).fields(spec.base, s) if spec.base is not None else ()
     return tuple(own) + tuple(base)

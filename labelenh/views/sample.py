@@ -78,9 +78,16 @@ def sample_views(
     vws = _index_arg(views, num_views, "views")
     sample = np.repeat(smp, len(vws))  # [B] sample-major
     view = np.tile(vws, len(smp))  # [B]
-    d = Draw(CounterRNG(int(seed), sample, view), sample, spec.num_sources, int(num_samples), (H, W))
+    d = Draw(CounterRNG(int(seed), sample, view), sample, view, spec.num_sources, int(num_samples), (H, W))
+    data = draw_fields(spec, d)
+    partners = data.pop("partners")
+    return Recipes.from_fields(spec, (H, W), sample, view, partners, data)
+
+
+def draw_fields(spec: ViewSpec, d: Draw) -> dict[str, np.ndarray]:
+    """Every field of `spec`'s recipes for the elements of `d`, plus "partners" [B, S-1]."""
     data = get_op(spec.op).sample(spec, d)
     if spec.base is not None:
         data.update(get_op(spec.base.op).sample(spec.base, d))
-    partners = data.pop("partners", np.zeros((len(sample), 0), dtype=np.int64))
-    return Recipes.from_fields(spec, (H, W), sample, view, partners, data)
+    data.setdefault("partners", np.zeros((d.size, 0), dtype=np.int64))
+    return data

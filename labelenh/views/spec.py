@@ -108,7 +108,7 @@ class ViewSpec:
     @property
     def num_sources(self) -> int:
         """Images a view is made from: 1, 2 (mixup, cutmix) or 4 (ricap)."""
-        return self.impl.num_sources
+        return self.impl.sources(self)
 
     @property
     def is_mix(self) -> bool:
@@ -116,8 +116,9 @@ class ViewSpec:
 
     @classmethod
     def parse(cls, op: str, **overrides: Any) -> ViewSpec:
-        """From a CLI-style op name plus options; options that are None are left at defaults."""
-        return cls(op, **{k: v for k, v in overrides.items() if v is not None})
+        """From a CLI-style op name (or an op's own syntax, e.g. a list of ops) plus options;
+        options that are None are left at defaults."""
+        return cls.build(op, None, **overrides)
 
     @classmethod
     def build(cls, op: str, defaults: dict[str, Any] | None = None, **given: Any) -> ViewSpec:
@@ -125,6 +126,10 @@ class ViewSpec:
         option, e.g. the dataset's crop padding: `build(op, {"pad": 4}, **flags)`."""
         o = get_op(op)
         opts = {k: v for k, v in given.items() if v is not None}
+        if o.claims(str(op).strip().lower()):
+            own = {k: opts.pop(k) for k in list(opts) if _own_param(o, k)}
+            return o.from_text(str(op).strip().lower(), own,
+                               lambda name: cls.build_some(name, defaults, **opts), set(opts))
         base_name = opts.get("base")
         b = get_op(base_name if isinstance(base_name, str) else default_base().name) if o.takes_base else None
         for k, v in (defaults or {}).items():
@@ -132,9 +137,21 @@ class ViewSpec:
                 opts[k] = v
         return cls(op, **opts)
 
+    @classmethod
+    def build_some(cls, op: str, defaults: dict[str, Any] | None = None, **options: Any
+                   ) -> tuple[ViewSpec, set[str]]:
+        """`build(op, defaults, options)` taking only the options that apply to `op` (or its
+        base); returns (spec, the option names it used)."""
+        o = get_op(op)
+        b = default_base() if o.takes_base else None
+        if b is not None and isinstance(options.get("base"), str):
+            b = get_op(options["base"])
+        used = {k for k in options if _own_param(o, k) or (b is not None and (k == "base" or _own_param(b, k)))}
+        return cls.build(op, defaults, **{k: options[k] for k in used}), used
+
     def to_dict(self) -> dict[str, Any]:
         """{"op": name, **params, ["base": base.to_dict()]} (JSON-able)."""
-        d: dict[str, Any] = {"op": self.op, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params}}
+        d: dict[str, Any] = {"op": self.op, **{k: _jsonable(v) for k, v in self.params}}
         if self.base is not None:
             d["base"] = self.base.to_dict()
         return d
@@ -171,7 +188,17 @@ class ViewSpec:
         return f"{self.op}({', '.join(parts)})" if parts else self.op
 
 
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, ViewSpec):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
 def _fmt(v: Any) -> str:
+    if isinstance(v, ViewSpec):
+        return v.describe()
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
@@ -208,3 +235,18 @@ def same_spec(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
         return ViewSpec.from_dict(a) == ViewSpec.from_dict(b)
     except LabelenhError:
         return False
+
+
+def augments(aug: str | None) -> bool:
+    """Whether `--aug aug` changes the image (any op but the identity; unknown names: False)."""
+    if aug is None:
+        return False
+    try:
+        return get_op(aug).augments
+    except LabelenhError:
+        return False
+
+
+def names_views_of(aug: str, spec: ViewSpec) -> bool:
+    """Whether `--aug aug` names the views `spec` describes (a student's --aug vs its store)."""
+    return get_op(aug).matches(spec, str(aug).strip().lower())

@@ -68,10 +68,12 @@ def _from_text(v: Any, kind: str) -> Any:
 class Param:
     """One option of an op.
 
-    kind   "int" | "float" | "bool" | "pair" (two floats, lo <= hi) | "str"
+    kind   "int" | "float" | "bool" | "pair" (two floats, lo <= hi) | "str" | "ints" (a list of
+           positive integers) | "specs" (a list of view specs); a None default makes it optional
     check  value -> error text ("" when fine), run after the kind's own check
     flag   the CLI flag, e.g. "--mixup-alpha" (several ops may share one, e.g. "--mix-prob")
     alias  the option's name in schema-1 view specs, where it differs ("mixup_alpha")
+    cli    False: no flag of its own (the option comes from `--aug`'s text)
     """
 
     name: str
@@ -81,6 +83,7 @@ class Param:
     check: Callable[[Any], str] | None = None
     flag: str | None = None
     alias: str | None = None
+    cli: bool = True
 
     @property
     def cli_flag(self) -> str:
@@ -90,6 +93,8 @@ class Param:
         """The checked, JSON-able value, or LabelenhError naming the op and the option."""
         v = _from_text(value, self.kind)
         what = f"{op} option {self.name} ({self.cli_flag})"
+        if v is None and self.default is None:
+            return None
         if self.kind == "int":
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
                 raise LabelenhError(f"{what} must be an integer, got {value!r}")
@@ -111,7 +116,18 @@ class Param:
                 raise LabelenhError(f"{what} must be two finite numbers LO,HI, got {value!r}")
             if lo > hi:
                 raise LabelenhError(f"{what} must be in order LO <= HI, got {lo:g},{hi:g}")
-            v = [float(lo), float(hi)]
+            v = (float(lo), float(hi))
+        elif self.kind == "ints":
+            if not isinstance(v, (list, tuple)) or not all(
+                    isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0 for x in v):
+                raise LabelenhError(f"{what} must be a list of positive integers, got {value!r}")
+            v = tuple(int(x) for x in v)
+        elif self.kind == "specs":
+            from labelenh.views.spec import ViewSpec
+
+            if not isinstance(v, (list, tuple)):
+                raise LabelenhError(f"{what} must be a list of view specs, got {value!r}")
+            v = tuple(x if isinstance(x, ViewSpec) else ViewSpec.from_dict(x) for x in v)
         elif not isinstance(v, str):
             raise LabelenhError(f"{what} must be text, got {value!r}")
         bad = self.check(v) if self.check else ""
@@ -166,10 +182,11 @@ class Field:
 @dataclass
 class Draw:
     """What `Op.sample` may use: the counter RNG keyed by (seed, sample, view) per element, the
-    samples, the number of sources of the view being drawn and the image size."""
+    samples and views, the number of sources of the view being drawn and the image size."""
 
     rng: CounterRNG
     sample: np.ndarray  # int64 [B]
+    view: np.ndarray  # int64 [B]
     num_sources: int
     num_samples: int
     image_size: tuple[int, int]
@@ -177,6 +194,14 @@ class Draw:
     @property
     def size(self) -> int:
         return int(self.sample.shape[0])
+
+    def subset(self, mask: np.ndarray, num_sources: int) -> Draw:
+        """The elements under `mask`, with the same keys: their draws do not change."""
+        from labelenh.rng import CounterRNG
+
+        rng = CounterRNG.__new__(CounterRNG)
+        rng.keys = self.rng.keys[mask]
+        return Draw(rng, self.sample[mask], self.view[mask], num_sources, self.num_samples, self.image_size)
 
 
 class Op:
@@ -194,6 +219,38 @@ class Op:
     augments: ClassVar[bool] = True  # False for the identity: a student on it is no "aug-" method
     streams: ClassVar[range] = range(0)  # the RNG stream ids it draws from (disjoint per op)
     order: ClassVar[int] = 100  # position in listings (help, `views show`, tests)
+
+    @classmethod
+    def claims(cls, text: str) -> bool:
+        """Whether `--aug text` is this op's own syntax (e.g. a list of ops), not a name."""
+        return False
+
+    def from_text(self, text: str, own: dict[str, Any], part: Callable[[str], tuple[ViewSpec, set[str]]],
+                  given: set[str]) -> ViewSpec:
+        """The spec `--aug text` names, for ops that `claims` it: `own` are options of this op;
+        `part(op_name)` builds a listed op from the other options that apply to it and says
+        which it used; every option in `given` must be used by some listed op."""
+        raise NotImplementedError
+
+    def example(self) -> dict[str, Any]:
+        """Options that make a valid spec when the defaults alone do not (tests)."""
+        return {}
+
+    def example_aug(self) -> str:
+        """An `--aug` value that names this op (its name, unless it needs more)."""
+        return self.name
+
+    def sources(self, spec: ViewSpec) -> int:
+        """Images a view of `spec` is made from (`num_sources` unless it depends on the spec)."""
+        return self.num_sources
+
+    def check_views(self, spec: ViewSpec, num_views: int) -> str:
+        """Why `num_views` views per sample do not suit `spec` ("" when fine)."""
+        return ""
+
+    def matches(self, spec: ViewSpec, text: str) -> bool:
+        """Whether `--aug text` names the views `spec` describes (a student's --aug vs its store)."""
+        return get_op(text).name == spec.op
 
     def fields(self, spec: ViewSpec, num_sources: int) -> tuple[Field, ...]:
         """Its own recipe fields (partners and the base's fields are added by the container)."""
@@ -254,6 +311,9 @@ def get_op(name: str) -> Op:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in OPS:
+        for op in OPS.values():
+            if op.claims(key):
+                return op
         raise LabelenhError(f"unknown augmentation {name!r}; choose one of {', '.join(OPS)}")
     return OPS[key]
 
