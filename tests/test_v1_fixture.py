@@ -83,3 +83,48 @@ def test_rerunning_the_v1_export_finds_it_complete(op, expected, bundle, tmp_pat
                              fmt="fp16", chunk_size=CHUNK, device="cpu", dataset_meta=bundle.meta)
     assert res.already_complete
     assert path.read_bytes() == before
+
+
+def _no_plot(monkeypatch) -> None:
+    monkeypatch.setattr("labelenh.student._write_reliability", lambda *a, **k: None)
+    monkeypatch.setattr("labelenh.teach._write_reliability", lambda *a, **k: None)
+
+
+TRAIN = ["--dataset", DATASET, "--image-size", str(IMAGE_SIZE), "--model", "resnet8", "--batch-size", "4",
+         "--device", "cpu"]
+
+
+def test_a_student_on_a_v1_store_records_its_spec_as_written_and_resumes(tmp_path, monkeypatch):
+    """The run records the store's schema-1 spec dict verbatim (what the schema-1 code
+    recorded), so runs started before the change resume after it."""
+    _no_plot(monkeypatch)
+    store = tmp_path / "mixup.h5"
+    shutil.copy(FIXTURE / "mixup.h5", store)
+    args = ["student", *TRAIN, "--method", "sl", "--store", store, "--aug", "mixup", "--name", "s",
+            "--runs-dir", tmp_path]
+    r = run_cli(*args, "--epochs", "1")
+    assert r.code == 0, r.err
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["store_record"]["view_spec"] == SoftLabelStore.open(store).view_spec.record()
+    assert set(cfg["store_record"]["view_spec"]) == {"op", "pad", "flip", "mixup_alpha", "cutmix_beta",
+                                                     "mix_prob", "ricap_beta"}
+    r = run_cli(*args, "--epochs", "2", "--resume")
+    assert r.code == 0, r.err
+
+
+def test_a_teacher_run_recorded_with_a_v1_aug_dict_resumes(tmp_path, monkeypatch):
+    """Teacher runs recorded `aug` as the schema-1 flat dict; resuming one keeps that record."""
+    _no_plot(monkeypatch)
+    args = ["teach", *TRAIN, "--name", "t", "--runs-dir", tmp_path]
+    r = run_cli(*args, "--epochs", "1")
+    assert r.code == 0, r.err
+    ck_path = tmp_path / "t" / "checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    v1 = {"op": "crop-flip", "pad": 4, "flip": True, "mixup_alpha": 1.0, "cutmix_beta": 1.0, "mix_prob": 1.0,
+          "ricap_beta": 0.3}
+    assert ViewSpec.from_dict(v1) == ViewSpec.from_dict(ck["config"]["aug"])
+    ck["config"]["aug"] = v1  # as the schema-1 code wrote it
+    torch.save(ck, ck_path)
+    r = run_cli(*args, "--epochs", "2", "--resume")
+    assert r.code == 0, r.err
+    assert torch.load(ck_path, weights_only=True)["config"]["aug"] == v1
