@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from labelenh.views.ops._rows import Rows
 from labelenh.views.ops.base import Draw, Field, Op, Param, int_range, register_op
 
 MAX_PAD = 127  # offsets are stored as int8
@@ -55,18 +55,16 @@ class CropFlip(Op):
         return ""
 
     def render_base(self, spec, sources, r):
-        # Output pixel (y, x) of source k reads padded pixel (y + dy + p, x' + dx + p), where
-        # x' = W - 1 - x when flipped (the flip mirrors the cropped window): pure copies.
+        # Output pixel (y, x) of source k is image pixel (y + dy, x + dx) of the zero-padded
+        # source, or (y + dy, W - 1 - x + dx) when flipped (the flip mirrors the cropped window).
         B, S, C, H, W = sources.shape
-        p = spec.pad
         dev = sources.device
-        padded = F.pad(sources.reshape(B * S, C, H, W), (p, p, p, p)).view(B, S, C, H + 2 * p, W + 2 * p)
         crop, flip = r.crop.to(dev), r.flip.to(dev)
-        ys = torch.arange(H, device=dev)
-        xs = torch.arange(W, device=dev)
-        rows = ys.view(1, 1, H) + crop[:, :, 0:1] + p  # [B, S, H]
-        cols = torch.where(flip[:, :, None], W - 1 - xs, xs) + crop[:, :, 1:2] + p  # [B, S, W]
-        bi = torch.arange(B, device=dev).view(B, 1, 1, 1)
-        si = torch.arange(S, device=dev).view(1, S, 1, 1)
-        out = padded[bi, si, :, rows[:, :, :, None], cols[:, :, None, :]]  # [B, S, H, W, C]
-        return out.permute(0, 1, 4, 2, 3).contiguous()
+        rows = Rows(sources, spec.pad, need_flip=bool(flip.any()))
+        yy = torch.arange(H, device=dev).view(1, H).expand(B, H)
+        out = []
+        for k in range(S):
+            fl = flip[:, k : k + 1].expand(B, H)
+            dy, dx = crop[:, k, 0:1].expand(B, H), crop[:, k, 1:2].expand(B, H)
+            out.append(rows.read(torch.full_like(yy, k), yy + dy, torch.where(fl, -dx, dx), fl))
+        return out[0].unsqueeze(1) if S == 1 else torch.stack(out, dim=1)  # [B, S, C, H, W]

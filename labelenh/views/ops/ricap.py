@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelenh.views.ops._mix import MIX_PROB, MIXED, draw_mix
+from labelenh.views.ops._mix import MIX_PROB, MIXED, draw_mix, select
+from labelenh.views.ops._rows import Rows
 from labelenh.views.ops.base import Draw, Field, Op, Param, positive, register_op
 
 _S_W, _S_H = 80, 81
@@ -74,25 +75,23 @@ class Ricap(Op):
 
     def render(self, spec, views, r):
         # Row y takes its left patch from source 0 (top) or 2 (bottom), its right patch from
-        # source 1 or 3; patch k shows source k's base view from offset (oy_k, ox_k).
+        # source 1 or 3; patch k shows source k's base view from offset (oy_k, ox_k). Each side
+        # is one whole-row read; a per-pixel select joins them.
         B, S, C, H, W = views.shape
         dev = views.device
         wh, off = r.wh.to(dev), r.offsets.to(dev)
-        w, h = wh[:, 0].view(B, 1, 1), wh[:, 1].view(B, 1)
+        w, h = wh[:, 0].view(B, 1), wh[:, 1].view(B, 1)
+        rows = Rows(views, 0, need_flip=False)
         yy = torch.arange(H, device=dev).view(1, H).expand(B, H)
         bottom = (yy >= h).to(torch.int64)  # [B, H]
         k_left = 2 * bottom
+        k_right = k_left + 1
+        oy, ox = off[:, :, 0], off[:, :, 1]  # [B, 4]
         y_in = yy - bottom * h  # row inside the patch
-        xs = torch.arange(W, device=dev).view(1, 1, W)
-        right = xs >= w  # [B, 1, W]
-        k = k_left[:, :, None] + right.to(torch.int64)  # [B, H, W] source of each pixel
-        oy = torch.gather(off[:, :, 0], 1, k.view(B, -1)).view(B, H, W)
-        ox = torch.gather(off[:, :, 1], 1, k.view(B, -1)).view(B, H, W)
-        rows = (oy + y_in[:, :, None]).clamp(0, H - 1)
-        cols = (ox + xs - torch.where(right, w, 0)).clamp(0, W - 1)
-        bi = torch.arange(B, device=dev).view(B, 1, 1)
-        out = views[bi, k, :, rows, cols]  # [B, H, W, C]: copies
-        return out.permute(0, 3, 1, 2).to(torch.float32)
+        a = rows.read(k_left, torch.gather(oy, 1, k_left) + y_in, torch.gather(ox, 1, k_left))
+        b = rows.read(k_right, torch.gather(oy, 1, k_right) + y_in, torch.gather(ox, 1, k_right) - w)
+        right = torch.arange(W, device=dev).view(1, 1, 1, W) >= w.view(B, 1, 1, 1)  # [B, 1, 1, W]
+        return select(a, b, right).to(torch.float32)
 
     def weights(self, spec, r):
         H, W = r.image_size
