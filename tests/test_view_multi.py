@@ -89,6 +89,8 @@ DS = ["--dataset", "synthetic:3:6", "--image-size", "8"]
     (["--aug", "rrc", "--views", "2", "--rrc-ratio", "-1,2"], "positive"),
     (["--aug", "rrc", "--views", "2", "--rrc-scale", "1.5"], "LO,HI"),
     (["--aug", "mixup", "--views", "2", "--pad", "-1"], "--pad"),
+    (["--aug", "cutout", "--views", "2", "--cutout-size", "0"], "--cutout-size"),
+    (["--aug", "crop-flip", "--views", "2", "--cutout-size", "8"], "does not apply"),
 ])
 def test_bad_view_flags_are_one_line(args, needle, tmp_path):
     r = run_cli("export-soft-labels", "-t", tmp_path / "no-teacher", "--out", tmp_path / "s.h5", *DS, *args)

@@ -5,8 +5,10 @@ the PNG grid and the `views show` command."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -16,6 +18,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.data.mixup import mixup_target
 
+import labelenh
 from labelenh.data import TensorImages
 from labelenh.errors import LabelenhError
 from labelenh.rng import CounterRNG
@@ -230,6 +233,51 @@ def test_replay_is_bit_identical_across_batchings(op):
     assert torch.equal(apply_rec(back)[0], x7)
     assert x7.dtype == torch.float32 and x7.shape == (N * 3, 3, H, W)
     assert x7.min() >= 0 and x7.max() <= 255
+
+
+_OTHER_PROCESS = """
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+import test_views as t
+out = {}
+for op in t.OPS:
+    rec = t.sample_views(t.N, 3, t.spec_for(op, mix_prob=0.8), 11, (t.H, t.W))
+    x, w = t.apply_rec(rec[torch.randperm(len(rec), generator=torch.Generator().manual_seed(5))])
+    out[op + "/records"], out[op + "/x"], out[op + "/w"] = rec.to_struct(), x.numpy(), w.numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.fixture(scope="module")
+def other_process(tmp_path_factory):
+    """Every op's recipes drawn and rendered in a fresh Python process (in a scrambled order)."""
+    path = tmp_path_factory.mktemp("proc") / "views.npz"
+    tests_dir = str(Path(__file__).parent)
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(path), tests_dir], check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(labelenh.__file__).parents[1]), tests_dir])})
+    with np.load(path) as z:
+        return dict(z)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_another_process_draws_and_renders_the_same(op, other_process):
+    rec = sample_views(N, 3, spec_for(op, mix_prob=0.8), 11, (H, W))
+    perm = torch.randperm(len(rec), generator=torch.Generator().manual_seed(5))
+    x, w = apply_rec(rec)
+    assert other_process[f"{op}/records"].tobytes() == rec.to_struct().tobytes()
+    assert other_process[f"{op}/x"].tobytes() == x[perm].numpy().tobytes()
+    assert other_process[f"{op}/w"].tobytes() == w[perm].numpy().tobytes()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_label_weights_sum_to_one(op):
+    rec = sample_views(N, 4, spec_for(op, mix_prob=0.7), 2, (H, W))
+    sw = rec.source_weights()
+    assert sw.shape == (len(rec), rec.spec.num_sources) and (sw >= 0).all()
+    torch.testing.assert_close(sw.sum(1), torch.ones(len(rec)), rtol=0, atol=1e-6)
+    _, w = apply_rec(rec)
+    assert (w >= 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(len(rec)), rtol=0, atol=1e-6)
 
 
 # ---- semantics -------------------------------------------------------------------------------
