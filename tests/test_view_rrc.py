@@ -1,6 +1,7 @@
 """`rrc`: boxes equal torchvision's `RandomResizedCrop.get_params` given the same draws, the
-rendered crop equals torchvision's `resized_crop` within interpolation rounding, and rrc composes
-as the base of the mixing ops."""
+rendered crop equals torchvision's `resized_crop` within interpolation rounding (1 grey level),
+rrc composes as the base of the mixing ops, and image folders are cropped from their original
+files (through a store too)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from tinynet import TinyNet
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import transforms as tv_transforms
 
 from labelenh.data import TensorImages
 from labelenh.errors import LabelenhError
-from labelenh.views import ViewSpec, from_draws, gather_and_apply, recipe_dtype, sample_views
+from labelenh.store import SoftLabelStore, StoreBatches, export_soft_labels, teacher_from_model
+from labelenh.views import (
+    ViewSpec,
+    apply_views,
+    from_draws,
+    gather_and_apply,
+    recipe_dtype,
+    sample_views,
+)
 from labelenh.views.ops.rrc import TRIES, get_params, log_ratio_bounds
 
 H, W, N, K = 24, 40, 30, 5
@@ -140,3 +150,86 @@ def test_bad_rrc_options(kw):
     with pytest.raises(LabelenhError) as e:
         ViewSpec("rrc", **kw)
     assert "\n" not in str(e.value)
+
+
+# ---- image folders: crops of the original files ------------------------------------------------
+
+SIZES = [(37, 53), (64, 30), (20, 20), (100, 80), (45, 45), (30, 90)]  # (H, W) of the files
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """An image folder whose files have different sizes, all larger or smaller than 16 px."""
+    from PIL import Image
+
+    from labelenh.data import load_dataset
+
+    root = tmp_path_factory.mktemp("folder")
+    g = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, (h, w) in enumerate(SIZES):
+            d = root / split / f"c{k % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{k}.png")
+    return load_dataset(f"folder:{root}", image_size=16)
+
+
+def _original(train, i: int) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(train.root / train.paths[i]) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy())
+
+
+def test_rrc_of_an_image_folder_crops_the_original_files(folder):
+    train = folder.train
+    n = len(train)
+    rec = sample_views(n, 8, ViewSpec("rrc"), 2, (16, 16), source=train)
+    sizes = train.original_sizes(rec.sample)
+    top, left, h, w = rec.crop_box[:, 0].unbind(-1)
+    assert (top + h <= torch.as_tensor(sizes[:, 0])).all() and (left + w <= torch.as_tensor(sizes[:, 1])).all()
+    assert (h > 16).any() and (w > 16).any()  # boxes in file pixels, not in the 16 px decode
+    # the boxes are what torchvision draws on each file's own size, given the same draws
+    again = sample_views(n, 8, ViewSpec("rrc"), 2, tuple(SIZES[0]), source=train)
+    assert torch.equal(again.crop_box, rec.crop_box)
+    x, _ = gather_and_apply(train, rec, folder.num_classes)
+    ref = torch.stack([
+        TF.resized_crop(_original(train, int(s)), *[int(v) for v in box[0]], [16, 16], antialias=True)
+        for s, box in zip(rec.sample, rec.crop_box, strict=True)
+    ])
+    ref = torch.where(rec.flip[:, 0].view(-1, 1, 1, 1), ref.flip(-1), ref).float()
+    assert (x - ref).abs().max() <= 1
+    # the 16 px decode cannot stand in for the files: refused, not silently wrong
+    with pytest.raises(LabelenhError, match="larger"):
+        src = train.load(rec.sources().reshape(-1)).view(len(rec), 1, 3, 16, 16)
+        apply_views(src, rec, train.labels[rec.sources()], folder.num_classes)
+
+
+def test_mixed_views_of_a_folder_crop_each_source_from_its_file(folder):
+    train = folder.train
+    spec = ViewSpec("cutmix", base="rrc")
+    rec = sample_views(len(train), 4, spec, 3, (16, 16), source=train)
+    for k in range(2):
+        sizes = torch.as_tensor(train.original_sizes(rec.sources()[:, k]))
+        box = rec.crop_box[:, k]
+        assert (box[:, 0] + box[:, 2] <= sizes[:, 0]).all() and (box[:, 1] + box[:, 3] <= sizes[:, 1]).all()
+    x, w = gather_and_apply(train, rec, folder.num_classes)
+    x2, w2 = gather_and_apply(train, rec[torch.arange(len(rec)).flip(0)], folder.num_classes)
+    assert torch.equal(x, x2.flip(0)) and torch.equal(w, w2.flip(0))
+    torch.testing.assert_close(w.sum(1), torch.ones(len(rec)))
+
+
+def test_a_store_of_folder_rrc_views_replays_the_crops(folder, tmp_path):
+    train = folder.train
+    path = tmp_path / "rrc.h5"
+    res = export_soft_labels(path, [teacher_from_model(TinyNet(1, num_classes=2), "t")], train, dataset=folder.name,
+                             num_classes=2, mean=folder.mean, std=folder.std, num_views=3,
+                             spec=ViewSpec("mixup", base="rrc"), view_seed=1, chunk_size=4, verify=4)
+    assert res.verify is not None  # the teachers re-run on re-rendered stored views agree
+    store = SoftLabelStore.open(path)
+    idx = torch.arange(len(train))
+    want = sample_views(len(train), 3, ViewSpec("mixup", base="rrc"), 1, (16, 16), source=train)
+    assert store.recipes(idx.repeat_interleave(3), torch.arange(3).repeat(len(train))).equal(want)
+    batches = StoreBatches(path, train, aug=True, seed=0)
+    x, _ = batches.batch(idx, 0)
+    assert torch.equal(x.cpu(), gather_and_apply(train, store.recipes(idx, batches.views(idx, 0)), 2)[0])

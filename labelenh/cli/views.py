@@ -54,7 +54,8 @@ def show(
     num = len(train)
     _, h, w = train.image_shape
     samples = torch.linspace(0, num - 1, min(n, num)).round().to(torch.int64).unique()
-    rec = sample_views(num, view + 1, spec, seed, (h, w), samples=samples, views=torch.tensor([view]))
+    rec = sample_views(num, view + 1, spec, seed, (h, w), samples=samples, views=torch.tensor([view]),
+                       source=train)
     images, weights = gather_and_apply(train, rec, bundle.num_classes)
     titles = [f"#{int(s)}" + "".join(f"+{int(p)}" for p in row[1:])
               for s, row in zip(rec.sample, rec.sources(), strict=True)]

@@ -517,7 +517,8 @@ def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
     if v:
         from labelenh.views import sample_views
 
-        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx)
+        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx,
+                           source=runner.source)
         records = rec.to_struct(spec).reshape(b, v)
         for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
             zs = runner.forward(runner.view_images(rec[i:i + cs]), f"views of samples {s0}..{s1 - 1}")

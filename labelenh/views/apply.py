@@ -89,9 +89,37 @@ def gather_and_apply(
     source: _Source, recipes: Recipes, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load the recipes' source images from `source` (`.load(idx) -> uint8 [n, C, H, W]`,
-    `.labels` int64 [N]) and apply them; returns what `apply_views` returns."""
+    `.labels` int64 [N]) and apply them; returns what `apply_views` returns.
+
+    A base op that can make its views from the source itself does so (rrc on an image folder
+    crops the original files); stores holding several ops are rendered op by op."""
+    if not isinstance(recipes, Recipes):
+        raise LabelenhError(f"recipes must be Recipes, got {type(recipes).__name__}")
+    parts = get_op(recipes.spec.op).split(recipes.spec, recipes)
+    if len(parts) == 1 and parts[0][0] is None:
+        return _gather_one(source, recipes, num_classes)
+    x = w = None
+    for mask, r in parts:
+        xg, wg = _gather_one(source, r, num_classes)
+        if x is None:
+            x = xg.new_empty((len(recipes), *xg.shape[1:]))
+            w = wg.new_empty((len(recipes), num_classes))
+        m = mask.to(xg.device)
+        x[m], w[m] = xg, wg
+    return x, w
+
+
+def _gather_one(source: _Source, recipes: Recipes, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = recipes.sources()  # [B, S]
     B, S = idx.shape
-    imgs = source.load(idx.reshape(-1))  # [B*S, C, H, W]
     labels = source.labels[idx.reshape(-1).to(source.labels.device)].view(B, S)
-    return apply_views(imgs.view(B, S, *imgs.shape[1:]), recipes, labels, num_classes)
+    spec = recipes.spec
+    base = spec.base if spec.base is not None else (spec if get_op(spec.op).is_base else None)
+    views = get_op(base.op).render_from_source(base, source, recipes) if base is not None else None
+    if views is None:
+        imgs = source.load(idx.reshape(-1))  # [B*S, C, H, W]
+        return apply_views(imgs.view(B, S, *imgs.shape[1:]), recipes, labels, num_classes)
+    _check(views, recipes, labels, num_classes)
+    r = recipes.to(views.device)
+    labels = labels.to(device=views.device, dtype=torch.int64)
+    return get_op(spec.op).render(spec, views, r), _label_weights(r, labels, num_classes)

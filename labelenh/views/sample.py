@@ -12,6 +12,8 @@ What each op draws is documented in its module (`labelenh/views/ops/<op>.py`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -63,11 +65,14 @@ def sample_views(
     *,
     samples: torch.Tensor | np.ndarray | None = None,
     views: torch.Tensor | np.ndarray | None = None,
+    source: Any = None,
 ) -> Recipes:
     """Recipes for every pair of `samples` x `views` (defaults: all), flattened sample-major.
 
-    Each recipe depends only on (seed, sample, view, spec, num_samples, image_size).
-    Returns CPU tensors; `Recipes.to(device)` moves them.
+    Each recipe depends only on (seed, sample, view, spec, num_samples, image_size) and, for
+    ops that crop the original image (rrc) of a `source` whose files keep their own sizes (an
+    image folder: `source.original_sizes`), on those sizes. Returns CPU tensors;
+    `Recipes.to(device)` moves them.
     """
     if not isinstance(spec, ViewSpec):
         raise LabelenhError(f"spec must be a ViewSpec, got {type(spec).__name__}")
@@ -78,7 +83,8 @@ def sample_views(
     vws = _index_arg(views, num_views, "views")
     sample = np.repeat(smp, len(vws))  # [B] sample-major
     view = np.tile(vws, len(smp))  # [B]
-    d = Draw(CounterRNG(int(seed), sample, view), sample, view, spec.num_sources, int(num_samples), (H, W))
+    d = Draw(CounterRNG(int(seed), sample, view), sample, view, spec.num_sources, int(num_samples), (H, W),
+             getattr(source, "original_sizes", None))
     data = draw_fields(spec, d)
     partners = data.pop("partners")
     return Recipes.from_fields(spec, (H, W), sample, view, partners, data)
@@ -88,6 +94,7 @@ def draw_fields(spec: ViewSpec, d: Draw) -> dict[str, np.ndarray]:
     """Every field of `spec`'s recipes for the elements of `d`, plus "partners" [B, S-1]."""
     data = get_op(spec.op).sample(spec, d)
     if spec.base is not None:
+        d.partners = data.get("partners")  # the base transforms every source, partners included
         data.update(get_op(spec.base.op).sample(spec.base, d))
     data.setdefault("partners", np.zeros((d.size, 0), dtype=np.int64))
     return data

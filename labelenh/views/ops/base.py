@@ -190,10 +190,19 @@ class Draw:
     num_sources: int
     num_samples: int
     image_size: tuple[int, int]
+    sizes: Callable[[np.ndarray], np.ndarray] | None = None  # original (H, W) of sample indices
+    partners: np.ndarray | None = None  # int64 [B, S-1], once the op has drawn them (for bases)
 
     @property
     def size(self) -> int:
         return int(self.sample.shape[0])
+
+    def source_sizes(self, indices: np.ndarray) -> np.ndarray:
+        """int64 [B, 2]: (H, W) of the original images `indices` (the image size unless the
+        source is an image folder, whose files keep their own sizes)."""
+        if self.sizes is None:
+            return np.tile(np.asarray(self.image_size, dtype=np.int64), (len(indices), 1))
+        return np.asarray(self.sizes(np.asarray(indices, dtype=np.int64)), dtype=np.int64).reshape(-1, 2)
 
     def subset(self, mask: np.ndarray, num_sources: int) -> Draw:
         """The elements under `mask`, with the same keys: their draws do not change."""
@@ -201,7 +210,8 @@ class Draw:
 
         rng = CounterRNG.__new__(CounterRNG)
         rng.keys = self.rng.keys[mask]
-        return Draw(rng, self.sample[mask], self.view[mask], num_sources, self.num_samples, self.image_size)
+        return Draw(rng, self.sample[mask], self.view[mask], num_sources, self.num_samples, self.image_size,
+                    self.sizes)
 
 
 class Op:
@@ -248,6 +258,11 @@ class Op:
         """Why `num_views` views per sample do not suit `spec` ("" when fine)."""
         return ""
 
+    def split(self, spec: ViewSpec, r: Recipes) -> list[tuple[torch.Tensor | None, Recipes]]:
+        """[(row mask or None for all, recipes of one single op)]: what `gather_and_apply` renders
+        group by group (several groups only for stores holding several ops)."""
+        return [(None, r)]
+
     def matches(self, spec: ViewSpec, text: str) -> bool:
         """Whether `--aug text` names the views `spec` describes (a student's --aug vs its store)."""
         return get_op(text).name == spec.op
@@ -272,6 +287,11 @@ class Op:
     def check_records(self, spec: ViewSpec, data: dict[str, torch.Tensor], image_size: tuple[int, int]) -> str:
         """Why stored fields cannot come from this op on `image_size` images ("" when fine)."""
         return ""
+
+    def render_from_source(self, spec: ViewSpec, source: Any, r: Recipes) -> torch.Tensor | None:
+        """Base ops: uint8 [B, S, C, H, W] base views made straight from `source` when it can do
+        better than its decoded images (image folders: crop the original file); else None."""
+        return None
 
     def render_base(self, spec: ViewSpec, sources: torch.Tensor, r: Recipes) -> torch.Tensor:
         """Base ops: uint8 [B, S, C, H, W] -> the per-source base views, same shape."""

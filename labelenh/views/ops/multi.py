@@ -164,7 +164,7 @@ class Multi(Op):
             m = idx == k
             if not m.any():
                 continue
-            part = draw_fields(o, d.subset(m, o.num_sources))
+            part = draw_fields(o, d.subset(m, o.num_sources))  # as a single-op store draws it
             for name, v in part.items():
                 v = np.asarray(v)
                 if v.ndim == 1:
@@ -188,6 +188,9 @@ class Multi(Op):
             out.append((m, Recipes(spec=o, image_size=r.image_size, sample=r.sample[m], view=r.view[m],
                                    partners=r.partners[m][:, : s - 1], data=data)))
         return out
+
+    def split(self, spec, r):
+        return self.groups(spec, r)
 
     def check_records(self, spec, data, image_size):
         from labelenh.views.recipes import Recipes

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelenh.errors import LabelenhError
 from labelenh.views.ops.base import Draw, Field, Op, Param, register_op
 
 TRIES = 10  # torchvision's
@@ -45,15 +46,18 @@ def log_ratio_bounds(ratio: tuple[float, float]) -> tuple[float, float]:
     return float(lr[0]), float(lr[1])
 
 
-def get_params(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+def get_params(height, width, scale: tuple[float, float], ratio: tuple[float, float],
                area: np.ndarray, log_ratio: np.ndarray, top_u: np.ndarray, left_u: np.ndarray
                ) -> np.ndarray:
     """int64 [B, 4] boxes (top, left, h, w), torchvision's `RandomResizedCrop.get_params` given
     its draws: `area` [B, 10] the values of `uniform_(*scale)`, `log_ratio` [B, 10] those of
     `uniform_(*log(ratio))` (float32 both), `top_u`, `left_u` [B] uniforms in [0, 1) that pick
-    `randint(0, H - h + 1)` and `randint(0, W - w + 1)` as floor(u * n)."""
+    `randint(0, H - h + 1)` and `randint(0, W - w + 1)` as floor(u * n). `height`, `width`: the
+    image's size, one for all or int [B] per element."""
     b = area.shape[0]
-    total = float(height * width)
+    height = np.broadcast_to(np.asarray(height, dtype=np.int64), (b,))
+    width = np.broadcast_to(np.asarray(width, dtype=np.int64), (b,))
+    total = (height * width).astype(np.float64)
     h = np.zeros(b, dtype=np.int64)
     w = np.zeros(b, dtype=np.int64)
     found = np.zeros(b, dtype=bool)
@@ -67,13 +71,11 @@ def get_params(height: int, width: int, scale: tuple[float, float], ratio: tuple
         w = np.where(ok, ww, w)
         h = np.where(ok, hh, h)
         found |= ok
-    in_ratio = float(width) / float(height)  # the fallback: a centre crop of the allowed ratio
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
+    in_ratio = width / height  # the fallback: a centre crop of the allowed ratio
+    lo_r, hi_r = min(ratio), max(ratio)
+    narrow, wide = in_ratio < lo_r, in_ratio > hi_r
+    fw = np.where(wide, np.rint(height * hi_r).astype(np.int64), width)
+    fh = np.where(narrow, np.rint(width / lo_r).astype(np.int64), height)
     w = np.where(found, w, fw)
     h = np.where(found, h, fh)
     top = np.where(found, np.floor(top_u * (height - h + 1)).astype(np.int64), (height - fh) // 2)
@@ -102,10 +104,12 @@ def _taps(start: np.ndarray, length: np.ndarray, out: int) -> tuple[np.ndarray, 
     return idx, wgt.astype(np.float32)
 
 
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """uint8 [M, C, H, W] images, int [M, 4] boxes (top, left, h, w) -> uint8 [M, C, H, W]: each
-    box resized to H x W (antialiased bilinear), rounded half to even."""
-    m, c, H, W = images.shape
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 [M, C, Hi, Wi] images, int [M, 4] boxes (top, left, h, w) -> uint8 [M, C, H, W]:
+    each box resized to `size` = (H, W) (default: the images' size; antialiased bilinear),
+    rounded half to even."""
+    m, c, Hi, Wi = images.shape
+    H, W = size if size is not None else (Hi, Wi)
     dev = images.device
     bx = boxes.cpu().numpy().astype(np.int64)
     iy, wy = _taps(bx[:, 0], bx[:, 2], H)  # [M, H, Ky]
@@ -114,7 +118,7 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     ix_t, wx_t = torch.from_numpy(ix).to(dev), torch.from_numpy(wx).to(dev)
     rows = None  # [M, C, H, W]: the vertical pass over whole source rows
     for t in range(iy.shape[2]):
-        g = images.gather(2, iy_t[:, None, :, t, None].expand(m, c, H, W)).to(torch.float32)
+        g = images.gather(2, iy_t[:, None, :, t, None].expand(m, c, H, Wi)).to(torch.float32)
         term = g.mul_(wy_t[:, None, :, t, None])
         rows = term if rows is None else rows.add_(term)
     out = None
@@ -144,7 +148,6 @@ class RandomResizedCrop(Op):
                 Field("flip", "bool", per_source=True, bit=0, default=False))
 
     def sample(self, spec, d: Draw):
-        H, W = d.image_size
         b, s = d.size, d.num_sources
         (s0, s1), lr = spec.scale, log_ratio_bounds(spec.ratio)
         boxes = np.zeros((b, s, 4), dtype=np.int64)
@@ -155,23 +158,55 @@ class RandomResizedCrop(Op):
             area = np.stack([s0 + (s1 - s0) * d.rng.uniform(base + t) for t in range(TRIES)], 1).astype(np.float32)
             logr = np.stack([lr[0] + (lr[1] - lr[0]) * d.rng.uniform(base + 10 + t) for t in range(TRIES)],
                             1).astype(np.float32)
-            boxes[:, k] = get_params(H, W, spec.scale, spec.ratio, area, logr,
+            ids = d.sample if k == 0 else d.partners[:, k - 1]
+            hw = d.source_sizes(ids)  # the original image's size: crops are drawn on it
+            boxes[:, k] = get_params(hw[:, 0], hw[:, 1], spec.scale, spec.ratio, area, logr,
                                      d.rng.uniform(base + 20), d.rng.uniform(base + 21))
             if spec.flip:
                 flip[:, k] = d.rng.uniform(base + 22) < 0.5
         return {"crop_box": boxes, "flip": flip}
 
     def check_records(self, spec, data, image_size):
-        H, W = image_size
+        # boxes lie in the original images, which may be larger than the output (image folders):
+        # only what holds for any image is checked here, the bounds when rendering
         bx = data["crop_box"]
-        if not bx.numel():
-            return ""
-        top, left, h, w = bx.unbind(-1)
-        ok = bool(((h >= 1) & (w >= 1) & (top + h <= H) & (left + w <= W)).all())
-        return "" if ok else f"crop box outside the {H}x{W} image"
+        ok = not bx.numel() or bool(((bx[..., 2] >= 1) & (bx[..., 3] >= 1)).all())
+        return "" if ok else "empty crop box"
 
     def render_base(self, spec, sources, r):
         B, S, C, H, W = sources.shape
-        out = resized_crop(sources.reshape(B * S, C, H, W), r.crop_box.reshape(B * S, 4)).view(B, S, C, H, W)
-        flip = r.flip.to(sources.device).view(B, S, 1, 1, 1)
-        return torch.where(flip, out.flip(-1), out)
+        bx = r.crop_box.reshape(B * S, 4)
+        if bool(((bx[:, 0] + bx[:, 2] > H) | (bx[:, 1] + bx[:, 3] > W)).any()):
+            raise LabelenhError(f"rrc crop boxes reach beyond the {H}x{W} images: they were drawn on larger "
+                                "originals (an image folder's files); render them from that dataset")
+        out = resized_crop(sources.reshape(B * S, C, H, W), bx).view(B, S, C, H, W)
+        return _flip(out, r.flip.to(sources.device))
+
+    def render_from_source(self, spec, source, r):
+        """Image folders: every crop is cut from the decoded file at its own size (each file
+        decoded once per call), then resized to the image size, as torchvision does."""
+        load = getattr(source, "load_original", None)
+        if load is None:
+            return None
+        B, S = r.crop_box.shape[:2]
+        C, H, W = source.image_shape
+        ids = r.sources().reshape(-1).tolist()
+        boxes = r.crop_box.reshape(B * S, 4)
+        files: dict[int, torch.Tensor] = {}
+        out = torch.empty((B * S, C, H, W), dtype=torch.uint8)
+        for j, i in enumerate(ids):
+            if i not in files:
+                files[i] = load(i)
+            img = files[i]
+            top, left, h, w = (int(v) for v in boxes[j])
+            if top + h > img.shape[1] or left + w > img.shape[2]:
+                raise LabelenhError(f"rrc crop box {(top, left, h, w)} reaches beyond image {i} "
+                                    f"({img.shape[1]}x{img.shape[2]}): the dataset changed since the recipes were drawn")
+            out[j] = resized_crop(img[None], boxes[j : j + 1], (H, W))[0]
+        return _flip(out.view(B, S, C, H, W), r.flip)
+
+
+def _flip(views: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, S, C, H, W] with the sources where flip [B, S] mirrored (a select: exact)."""
+    B, S = flip.shape
+    return torch.where(flip.view(B, S, 1, 1, 1), views.flip(-1), views)
