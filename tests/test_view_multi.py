@@ -90,6 +90,10 @@ DS = ["--dataset", "synthetic:3:6", "--image-size", "8"]
     (["--aug", "rrc", "--views", "2", "--rrc-scale", "1.5"], "LO,HI"),
     (["--aug", "mixup", "--views", "2", "--pad", "-1"], "--pad"),
     (["--aug", "cutout", "--views", "2", "--cutout-size", "0"], "--cutout-size"),
+    (["--aug", "mixup,cutmix", "--views", "2", "--switch-prob", "1.5"], "--switch-prob"),
+    (["--aug", "mixup", "--views", "2", "--base", "bogus"], "bogus"),
+    (["--aug", "mixup", "--views", "2", "--base", "mixup"], "cannot be a base"),
+    (["--aug", "rrc", "--views", "2", "--rrc-scale", "0.5,1.5"], "(0, 1]"),
     (["--aug", "crop-flip", "--views", "2", "--cutout-size", "8"], "does not apply"),
 ])
 def test_bad_view_flags_are_one_line(args, needle, tmp_path):

@@ -144,7 +144,7 @@ class StoreBatches:
         if spec is None:
             from labelenh.data.registry import default_crop_pad
 
-            spec = ViewSpec("crop-flip", pad=default_crop_pad(h))
+            spec = ViewSpec.build(ViewSpec().op, {"pad": default_crop_pad(h)})  # the default: crop/flip
         self.spec = spec
         self.view_seed = derive_seed(self.seed, "student-views")  # seed of the fresh views
 
