@@ -39,6 +39,8 @@ class ViewSpec:
 
     def __init__(self, op: str | None = None, **options: Any) -> None:
         o = get_op(op) if op is not None else default_base()  # crop-flip
+        if op is not None and o.claims(str(op).strip().lower()):
+            raise LabelenhError(f"{op!r} is not one op: build it with ViewSpec.parse({op!r}, ...)")
         base_opts = {k: options.pop(k) for k in list(options) if _base_param(o, k) and not _own_param(o, k)}
         base = options.pop("base", None)
         params: dict[str, Any] = {}
