@@ -531,3 +531,43 @@ def test_cli_bad_aug_exits_2():
     assert r.returncode == 2
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "bogus" in lines[0] and "Traceback" not in r.stderr
+
+
+# ---- the registry ------------------------------------------------------------------------------
+
+
+def test_a_new_op_changes_no_existing_spec_or_record():
+    """What made adding an op invalidate stores: specs and records of the other ops must not
+    change when one registers."""
+    from labelenh.views.ops import Op, Param, register_op
+    from labelenh.views.ops import base as registry
+
+    before = {op: (ViewSpec(op, **get_op(op).example()).to_dict(),
+                   recipe_dtype(ViewSpec(op, **get_op(op).example()))) for op in OPS
+              if not get_op(op).example()}  # (an example listing every op grows with them)
+
+    class Dummy(Op):
+        name = "dummy-test-op"
+        summary = "a test op"
+        params = (Param("strength", 0.5, "a new option"),)
+        takes_base = True
+        streams = range(10_000, 10_001)
+
+    try:
+        register_op(Dummy)
+        after = {op: (ViewSpec(op, **get_op(op).example()).to_dict(),
+                      recipe_dtype(ViewSpec(op, **get_op(op).example()))) for op in before}
+        assert after == before
+        assert ViewSpec("dummy-test-op", pad=1).to_dict() == {
+            "op": "dummy-test-op", "strength": 0.5, "base": {"op": "crop-flip", "pad": 1, "flip": True}}
+    finally:
+        registry.OPS.pop("dummy-test-op", None)
+
+    class Clash(Op):
+        name = "clash-test-op"
+        summary = "draws from crop-flip's streams"
+        streams = range(16, 17)
+
+    with pytest.raises(RuntimeError, match="share RNG streams"):
+        register_op(Clash)
+    assert "clash-test-op" not in OPS
