@@ -85,6 +85,33 @@ def test_rerunning_the_v1_export_finds_it_complete(op, expected, bundle, tmp_pat
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_an_interrupted_v1_export_resumes_with_the_same_bytes(op, expected, bundle, tmp_path):
+    """Today's code finishes a schema-1 store whose last chunk was never written: the recipes
+    it draws and the views it renders give the bytes the schema-1 code wrote."""
+    import h5py
+
+    path = tmp_path / f"{op}.h5"
+    shutil.copy(FIXTURE / f"{op}.h5", path)
+    with h5py.File(FIXTURE / f"{op}.h5", "r") as f:
+        want = {k: f[k][()].tobytes() for k in ("labels", "views/recipes", "teachers/t/clean", "teachers/t/views")}
+    with h5py.File(path, "r+") as f:  # as a kill before the last chunk leaves it
+        f["progress"][-1] = 0
+        f.attrs["complete"] = False
+        for k in ("views/recipes", "teachers/t/clean", "teachers/t/views"):
+            f[k][CHUNK:] = np.zeros_like(f[k][CHUNK:])
+    spec = ViewSpec.from_dict(ViewSpec.from_dict(json.loads(str(expected[f"{op}/spec"]))).to_dict())
+    teacher = teacher_from_model(TinyNet(1, num_classes=bundle.num_classes), "t")
+    res = export_soft_labels(path, [teacher], bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
+                             mean=bundle.mean, std=bundle.std, num_views=VIEWS, spec=spec, view_seed=SEED,
+                             fmt="fp16", chunk_size=CHUNK, device="cpu", dataset_meta=bundle.meta)
+    assert res.chunks_written == 1 and res.chunks_resumed == 1
+    with h5py.File(path, "r") as f:
+        assert bool(f.attrs["complete"])
+        for k, v in want.items():
+            assert f[k][()].tobytes() == v, k
+
+
 def _no_plot(monkeypatch) -> None:
     monkeypatch.setattr("labelenh.student._write_reliability", lambda *a, **k: None)
     monkeypatch.setattr("labelenh.teach._write_reliability", lambda *a, **k: None)
