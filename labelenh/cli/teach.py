@@ -10,6 +10,7 @@ import typer
 
 from labelenh import bounds as B
 from labelenh.cli import common as c
+from labelenh.cli.viewopts import aug_names
 from labelenh.distributed import env_rank
 from labelenh.engine import check_run_name
 from labelenh.errors import LabelenhError
@@ -26,7 +27,7 @@ def teach(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.")] = None,
-    aug: Annotated[str | None, typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help=f"Training views (default: crop/flip): {aug_names()}.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
@@ -72,7 +73,7 @@ def teach(
         _print_table(summary["name"], summary["last"]["test"])
         return
     train = c.train_config(v)
-    spec = ViewSpec.parse(v.get("aug", "crop-flip"))
+    spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
                          device=device)

@@ -471,6 +471,10 @@ def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
     except LabelenhError as e:
         raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
     old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
+    from labelenh.views.spec import same_spec
+
+    if same_spec(old.get("view_spec"), new.get("view_spec")):  # a schema-1 dict names every op's options
+        old["view_spec"] = new["view_spec"]
     if attrs.get("schema") == 1 and {**new, "schema": 1} == old:
         plan.schema = 1  # an earlier version's store: finish it in its own layout (no checksums)
         new = old
@@ -531,7 +535,8 @@ def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
     if v:
         from labelenh.views import sample_views
 
-        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx)
+        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx,
+                           source=runner.source)
         records = rec.to_struct(spec).reshape(b, v)
         for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
             zs = runner.forward(runner.view_images(rec[i:i + cs]), f"views of samples {s0}..{s1 - 1}")
