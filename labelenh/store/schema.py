@@ -24,7 +24,7 @@ Root attributes
 | num_samples      | int         | N, rows of the train split                                       |
 | num_classes      | int         | C                                                                |
 | num_views        | int         | V, augmented views per sample (0: clean logits only)             |
-| view_spec        | JSON        | ViewSpec.to_dict() of the views, "null" when V = 0               |
+| view_spec        | JSON        | the views' spec: {"op", its options, "base": {...}}, "null" when V = 0 (schema-1 stores: a flat dict of every op's options, read as meant) |
 | view_seed        | int         | seed the recipes were drawn from                                 |
 | image_size       | JSON        | [H, W] the recipes were drawn for                                |
 | logit_format     | str         | "fp16" \\| "fp32" \\| "topk"                                     |
@@ -50,7 +50,7 @@ Datasets (N samples, C classes, V views, K top-k, T teachers)
 | /labels                          | (N,)       | int64            | hard labels the teachers saw (noisy labels included) |
 | /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data and checksums reach the disk) |
 | /checksums                       | (chunks, D)| uint32           | CRC-32 of chunk c's bytes in dataset d (see below)   |
-| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)`    |
+| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)` (a store of several ops adds a 1-byte `op` field) |
 | /teachers/<name>/clean           | (N, C)     | float16/float32  | logits of the clean (un-augmented) sample            |
 | /teachers/<name>/views           | (N, V, C)  | float16/float32  | logits of view v of sample i                         |
 | /teachers/<name>/clean/indices   | (N, K)     | uint16/uint32    | top-k: class ids, largest logit first                |
