@@ -9,6 +9,7 @@ import torch
 
 from labelenh import distributed as dist
 from labelenh.data import DatasetBundle, ImageSource, TensorImages, normalize
+from labelenh.data.loader import BatchLoader, MakeBatch, resolve_workers
 from labelenh.errors import LabelenhError
 from labelenh.utils import generator
 from labelenh.views import Recipes, ViewSpec, gather_and_apply, sample_views
@@ -27,8 +28,11 @@ class ImagePipeline:
         batch_size: int,
         eval_batch_size: int = 500,
         seed: int = 0,
+        workers: int | None = None,
     ) -> None:
         self.bundle = bundle
+        self.workers = resolve_workers(workers)  # checked before any data is touched
+        self._loaders: dict[int, tuple[MakeBatch, BatchLoader]] = {}
         self.device = device
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -74,6 +78,25 @@ class ImagePipeline:
             batches.pop()  # a batch of one breaks BatchNorm in train mode
         return batches
 
+    def made_batches(self, epoch: int, make: MakeBatch
+                     ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """(indices [B], make(indices, epoch) on the device) for this rank's batches of an epoch.
+
+        In-memory splits call `make` here, on the device; lazy sources (image folders) run it in
+        `workers` loader processes, one batch per item, the next batches prefetched while the
+        model steps. `make` draws everything from (seed, epoch, sample), so both give the same
+        tensors. One loader per `make` (its workers persist across epochs)."""
+        batches = self.epoch_batches(epoch)
+        if isinstance(self.train, TensorImages):
+            for idx in batches:
+                yield idx, make(idx, epoch)
+            return
+        if id(make) not in self._loaders:  # `make` kept alongside, so its id stays its own
+            pin = self.device.type == "cuda"
+            self._loaders[id(make)] = (make, BatchLoader(make, self.workers, pin_memory=pin))
+        for idx, out in zip(batches, self._loaders[id(make)][1].run(epoch, batches), strict=True):
+            yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
+
     def steps_per_epoch(self) -> int:
         return len(self.epoch_batches(0))
 
@@ -81,6 +104,11 @@ class ImagePipeline:
         """(normalised images [B, C, H, W], hard-label weights [B, K]) for a batch of recipes."""
         x, w = gather_and_apply(self.train, recipes, self.bundle.num_classes)
         return self.normalize(x.to(self.device)), w.to(self.device)
+
+    def view_maker(self, spec: ViewSpec, seed: int, num_views: int) -> MakeBatch:
+        """make(indices, epoch) -> (images float 0..255 [B, C, H, W], label weights [B, K]): each
+        sample's view `epoch` of `num_views` drawn from `seed` (for `made_batches`)."""
+        return _EpochViews(self.train, spec, seed, num_views, self.image_size, self.bundle.num_classes)
 
     def views_for(self, idx: torch.Tensor, spec: ViewSpec, seed: int, view: int, num_views: int) -> Recipes:
         return sample_views(
@@ -106,6 +134,21 @@ class ImagePipeline:
             idx = torch.arange(start, min(start + self.eval_batch_size, n))
             x = src.load(idx).to(self.device, non_blocking=True).float()
             yield self.normalize(x), src.labels[idx.to(src.labels.device)].to(self.device)
+
+
+class _EpochViews:
+    """Picklable for loader workers: holds the source, not the pipeline (which holds the device
+    tensors and the loaders themselves)."""
+
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, num_views: int,
+                 image_size: tuple[int, int], num_classes: int) -> None:
+        self.source, self.spec, self.seed, self.num_views = source, spec, seed, num_views
+        self.image_size, self.num_classes = image_size, num_classes
+
+    def __call__(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = sample_views(len(self.source), self.num_views, self.spec, self.seed, self.image_size,
+                           samples=idx, views=torch.tensor([epoch]), source=self.source)
+        return gather_and_apply(self.source, rec, self.num_classes)
 
 
 def _on_device(src: ImageSource, device: torch.device) -> ImageSource:

@@ -47,11 +47,12 @@ class StudentSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
     preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("name"), d.pop("runs_dir"), d.pop("device"), d.pop("preload")
+        d.pop("name"), d.pop("runs_dir"), d.pop("device"), d.pop("preload"), d.pop("workers")
         return {"stage": "student", **d}
 
 
@@ -78,14 +79,16 @@ class StudentTask:
         self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
                                     seed=self.seed, spec=spec, logits=self.uses_store,
                                     num_classes=pipe.bundle.num_classes, device=pipe.device)
+        self.make_images = self.batches.images  # one bound method: the pipeline keeps a loader per maker
 
     def epoch_views(self, epoch: int) -> torch.Tensor | None:
         """int64 [N]: the store view every sample shows in `epoch` (None without --aug)."""
         return self.batches.views(torch.arange(self.pipe.num_train), epoch)
 
     def train_batches(self, epoch: int):
-        for idx in self.pipe.epoch_batches(epoch):
-            x, inp = self.batches.batch(idx, epoch)  # x float 0..255 [B, C, H, W] on the device
+        # images rendered in loader workers for image folders; labels and logits read here
+        for idx, images in self.pipe.made_batches(epoch, self.make_images):
+            x, inp = self.batches.batch(idx, epoch, images)  # x float 0..255 [B, C, H, W] on the device
             yield Batch(x=self.pipe.normalize(x), labels=inp.labels, inputs=inp)
 
     def loss(self, model: nn.Module, batch: Batch):
@@ -168,7 +171,7 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
     if method.teacher != "online" and s.online_teachers:
         raise LabelenhError(f"--teacher is for online methods (kd); {s.method!r} reads teachers from --store")
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
-                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
+                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     store, ids = open_store(s, method, pipe, warn=warn)
     online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
     return StudentTask(pipe, method, s, store, ids, online)

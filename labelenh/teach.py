@@ -64,6 +64,7 @@ class TeachSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
 
     def run_config(self) -> dict[str, Any]:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
@@ -95,14 +96,13 @@ class TeacherTask:
         self.view_seed = derive_seed(seed, "teacher-views")
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
+        # The epoch number is the view id: each epoch sees a fresh, replayable view per sample.
+        self.make = pipe.view_maker(spec, self.view_seed, num_views=epochs)
 
     def train_batches(self, epoch: int):
         labels = self.pipe.train.labels
-        for idx in self.pipe.epoch_batches(epoch):
-            # The epoch number is the view id: each epoch sees a fresh, replayable view per sample.
-            rec = self.pipe.views_for(idx, self.spec, self.view_seed, view=epoch, num_views=self.epochs)
-            x, w = self.pipe.apply(rec)
-            yield Batch(x=x, labels=labels[idx.to(labels.device)].to(x.device), inputs=w)
+        for idx, (x, w) in self.pipe.made_batches(epoch, self.make):
+            yield Batch(x=self.pipe.normalize(x), labels=labels[idx.to(labels.device)].to(x.device), inputs=w)
 
     def loss(self, model: nn.Module, batch: Batch):
         logits = model(batch.x)
@@ -151,7 +151,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     in_chans = bundle.train.image_shape[0]
     model = build_model(s.model, bundle.num_classes, in_chans=in_chans, weights=s.weights)
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
-                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
+                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     task = TeacherTask(pipe, spec, s.train.seed, s.train.epochs)
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}

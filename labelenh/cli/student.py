@@ -52,6 +52,7 @@ def student(
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    workers: c.Workers = None,
     preload: Annotated[bool | None, typer.Option("--preload/--no-preload", help="Read the store into memory (default: when it takes at most 2 GiB), or map it lazily and read each batch's rows (each process: its own rows under torchrun).", rich_help_panel=c.H_RUN)] = None,
 ) -> None:
     """Train a student against enhanced labels (SL, En-SL, KD-SL, ILS, ...) or a baseline."""
@@ -69,6 +70,7 @@ def student(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    c.check_workers(workers)
     if v.get("patience") and not v.get("val_split"):
         raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
     params = dict(rec.get("params") or {})
@@ -96,7 +98,7 @@ def student(
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
         online_teachers=[str(t) for t in teacher or []], init=str(init) if init else None,
         data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=c.train_config(v),
-        name=name, runs_dir=str(runs_dir), device=device, preload=preload,
+        name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers,
     )
     summary = train_student(s, resume=resume)
     from labelenh.evaluate import print_metrics

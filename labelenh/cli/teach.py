@@ -36,6 +36,7 @@ def teach(
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    workers: c.Workers = None,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
     from labelenh.teach import (
@@ -57,6 +58,7 @@ def teach(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    c.check_workers(workers)
     if name is not None:
         check_run_name(name)
     if v.get("patience") and not v.get("val_split"):
@@ -76,7 +78,7 @@ def teach(
     spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
-                         device=device)
+                         device=device, workers=workers)
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")

@@ -43,22 +43,34 @@ def scan_split(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int
     return paths, labels, sizes
 
 
-def decode(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 [3, size, size]: resize the short side to `size`, then centre-crop."""
+def open_rgb(path: Path):
+    """The file decoded at full resolution as an RGB PIL image (greyscale, CMYK, palette and
+    alpha images converted); one line naming the file when it cannot be decoded."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            nh, nw, top, left = resize_geometry(h, w, size)
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.BILINEAR)  # PIL antialiases when shrinking
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)  # [H, W, 3]
-    except (OSError, ValueError) as e:
-        raise LabelenhError(f"cannot decode image {path}: {e}") from e
+            return im.convert("RGB")  # convert() loads the pixels: the file can close
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise LabelenhError(f"cannot decode image {path}: {e}; fix or remove the file") from e
+
+
+def fit(im, size: int) -> np.ndarray:
+    """RGB uint8 [3, size, size] of an RGB PIL image: resize the short side to `size`, then
+    centre-crop (PIL antialiases when shrinking)."""
+    from PIL import Image
+
+    w, h = im.size
+    nh, nw, top, left = resize_geometry(h, w, size)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # [H, W, 3]
     return arr.transpose(2, 0, 1)
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    """RGB uint8 [3, size, size]: the file resized (short side to `size`) and centre-cropped."""
+    return fit(open_rgb(path), size)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -129,14 +141,8 @@ class FolderImages:
 
     def load_original(self, index: int) -> torch.Tensor:
         """uint8 [3, H, W]: one file decoded at its own size (RGB)."""
-        from PIL import Image
-
-        path = self.root / self.paths[int(index)]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
-        except (OSError, ValueError) as e:
-            raise LabelenhError(f"cannot decode image {path}: {e}") from e
+        im = open_rgb(self.root / self.paths[int(index)])
+        arr = np.asarray(im, dtype=np.uint8)  # [H, W, 3]
         self._sizes[int(index)] = (arr.shape[0], arr.shape[1])
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
