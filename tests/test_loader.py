@@ -128,3 +128,54 @@ def test_negative_workers_on_the_command_line_is_one_line(command, tmp_path):
     assert r.code == 2
     assert_one_line_error(r, "--workers")
     assert not any(tmp_path.iterdir())
+
+
+def test_student_aug_rrc_replays_the_exported_views_through_workers(tmp_path):
+    """An rrc export of a JPEG folder, then the student's first batch (2 loader workers) shows
+    exactly the images the teacher saw in the export, with their stored logits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tinynet import TinyNet
+
+    from labelenh.data.decoded import ChunkImages
+    from labelenh.engine import TrainConfig
+    from labelenh.store import SoftLabelStore
+    from labelenh.store.export import export_soft_labels, teacher_from_model
+    from labelenh.student import StudentSettings, build_task
+    from labelenh.teach import DataSettings
+    from labelenh.views import gather_and_apply
+
+    root = make_folder(tmp_path / "d")
+    data = DataSettings(dataset=f"folder:{root}", image_size=16)
+    bundle = data.load()
+    path = tmp_path / "rrc.h5"
+    export_soft_labels(path, [teacher_from_model(TinyNet(3, num_classes=2), "t")], bundle.train,
+                       dataset=bundle.name, num_classes=2, mean=bundle.mean, std=bundle.std, num_views=3,
+                       spec=ViewSpec("rrc"), view_seed=4, chunk_size=8)
+    s = StudentSettings(model="resnet8", method="sl", store=str(path), aug="rrc", data=data,
+                        train=TrainConfig(epochs=2, batch_size=6, milestones=[1]), device="cpu", workers=2)
+    task = build_task(s, torch.device("cpu"))
+    store = SoftLabelStore.open(path)
+    for epoch in (0, 1):
+        batch = next(iter(task.train_batches(epoch)))
+        idx = task.pipe.epoch_batches(epoch)[0]
+        views = task.batches.views(idx, epoch)
+        with ThreadPoolExecutor(2) as pool:  # the export's path: one decode per file of a chunk
+            x, _ = gather_and_apply(ChunkImages(bundle.train, idx.tolist(), pool), store.recipes(idx, views), 2)
+        assert torch.equal(batch.x, task.pipe.normalize(x))
+        assert torch.equal(batch.inputs.teacher_logits, store.view_logits(idx, views))
+
+
+def test_a_teacher_trains_bit_identically_with_0_and_2_workers(tmp_path):
+    from clitools import run_cli
+
+    root = make_folder(tmp_path / "d")
+    weights = []
+    for w in (0, 2):
+        r = run_cli("teach", "--dataset", f"folder:{root}", "--image-size", "16", "--model", "resnet8",
+                    "--aug", "rrc", "--epochs", "2", "--batch-size", "6", "--milestones", "1", "--device", "cpu",
+                    "--workers", str(w), "--name", f"w{w}", "--runs-dir", tmp_path / "runs")
+        assert r.code == 0, r.err
+        weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "checkpoint.pt", weights_only=False)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
