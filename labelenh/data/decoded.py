@@ -51,7 +51,7 @@ class ChunkImages:
         out = np.empty((len(idx), 3, s, s), dtype=np.uint8)  # [B, 3, S, S]
         for j, i in enumerate(idx):
             if i not in made:
-                made[i] = fit(self._image(i), s)
+                made[i] = fit(self._image(i), s, self.source.crop_pct)
             out[j] = made[i]
         return torch.from_numpy(out)
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelenh.data.base import FINGERPRINT_VERSION, as_index, check_labels, resize_geometry
+from labelenh.data.base import (
+    CROP_PCT,
+    FINGERPRINT_VERSION,
+    as_index,
+    check_labels,
+    resize_geometry,
+)
 from labelenh.errors import LabelenhError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -55,22 +61,23 @@ def open_rgb(path: Path):
         raise LabelenhError(f"cannot decode image {path}: {e}; fix or remove the file") from e
 
 
-def fit(im, size: int) -> np.ndarray:
-    """RGB uint8 [3, size, size] of an RGB PIL image: resize the short side to `size`, then
-    centre-crop (PIL antialiases when shrinking)."""
+def fit(im, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """RGB uint8 [3, size, size] of an RGB PIL image: resize the short side to
+    floor(size / crop_pct), then centre-crop (PIL antialiases when shrinking)."""
     from PIL import Image
 
     w, h = im.size
-    nh, nw, top, left = resize_geometry(h, w, size)
+    nh, nw, top, left = resize_geometry(h, w, size, crop_pct)
     if (nw, nh) != (w, h):
         im = im.resize((nw, nh), Image.BILINEAR)
     arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # [H, W, 3]
     return arr.transpose(2, 0, 1)
 
 
-def decode(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 [3, size, size]: the file resized (short side to `size`) and centre-cropped."""
-    return fit(open_rgb(path), size)
+def decode(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """RGB uint8 [3, size, size]: the file resized (short side to floor(size / crop_pct)) and
+    centre-cropped."""
+    return fit(open_rgb(path), size, crop_pct)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -86,7 +93,9 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 class FolderImages:
-    """One split of an image folder, decoded lazily with PIL to uint8 [3, S, S].
+    """One split of an image folder, decoded lazily with PIL to uint8 [3, S, S]: the standard
+    evaluation geometry, the short side resized to floor(S / crop_pct) then a centre crop
+    (crop_pct 0.875: 256 -> 224). Training views crop the original files (`rrc`).
 
     The fingerprint is sha256 over the image size, labels, relative paths and file sizes:
     hashing every byte of ImageNet (~150 GB) would take far too long, and a changed file
@@ -102,7 +111,11 @@ class FolderImages:
         image_size: int,
         *,
         clean_labels: torch.Tensor | None = None,
+        crop_pct: float = CROP_PCT,
     ) -> None:
+        if not 0.0 < crop_pct <= 1.0:
+            raise LabelenhError(f"crop_pct must lie in (0, 1], got {crop_pct!r}")
+        self.crop_pct = float(crop_pct)
         self.root = Path(root)
         self.paths = list(paths)
         self.sizes = list(sizes)
@@ -125,7 +138,7 @@ class FolderImages:
         idx = as_index(indices, len(self)).tolist()
         out = np.empty((len(idx), *self.image_shape), dtype=np.uint8)  # [B, 3, S, S]
         for j, i in enumerate(idx):
-            out[j] = decode(self.root / self.paths[i], self.image_size)
+            out[j] = decode(self.root / self.paths[i], self.image_size, self.crop_pct)
         return torch.from_numpy(out)
 
     def original_sizes(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -149,7 +162,8 @@ class FolderImages:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256(FINGERPRINT_VERSION)
-            h.update(repr(("folder", len(self), self.image_shape)).encode())
+            # the crop fraction decides the clean images: stores made with another differ
+            h.update(repr(("folder", len(self), self.image_shape, self.crop_pct)).encode())
             h.update(self.labels.numpy().astype("<i8").tobytes())
             for p, s in zip(self.paths, self.sizes, strict=True):
                 h.update(f"{p}\0{s}\n".encode())
@@ -166,11 +180,13 @@ class FolderImages:
             [self.sizes[i] for i in il],
             self.image_size,
             clean_labels=None if self.clean_labels is None else self.clean_labels[idx],
+            crop_pct=self.crop_pct,
         )
 
     def with_labels(self, labels: torch.Tensor, clean_labels: torch.Tensor | None) -> FolderImages:
         return FolderImages(
-            self.root, self.paths, labels, self.sizes, self.image_size, clean_labels=clean_labels
+            self.root, self.paths, labels, self.sizes, self.image_size, clean_labels=clean_labels,
+            crop_pct=self.crop_pct,
         )
 
 
