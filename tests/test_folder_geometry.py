@@ -86,3 +86,20 @@ def test_files_smaller_than_the_crop_are_upsampled(folder):
     assert (box[:, 0] + box[:, 2] <= sizes[:, 0]).all() and (box[:, 1] + box[:, 3] <= sizes[:, 1]).all()
     x, _ = gather_and_apply(train, rec, folder.num_classes)
     assert x.shape == (len(rec), 3, SIZE, SIZE) and torch.isfinite(x).all()
+
+
+def test_imagenet_teacher_recipes_train_on_rrc():
+    from pathlib import Path
+
+    from labelenh.cli import common as c
+
+    root = Path(__file__).resolve().parents[1] / "teachers"
+    seen = {}
+    for p in sorted(root.glob("imagenet_*.toml")):
+        v = c.resolve({}, c.read_recipe(p, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"}))
+        cfg = c.train_config(v)
+        assert ViewSpec.parse(v["aug"]).op == "rrc" and v["image_size"] == 224, p.name
+        assert (cfg.batch_size, cfg.lr, cfg.weight_decay) == (256, 0.1, 1e-4), p.name
+        seen[p.stem] = (cfg.epochs, cfg.schedule, cfg.warmup_epochs)
+    assert seen["imagenet_resnet50"] == (100, "multistep", 0)
+    assert seen["imagenet_resnet50_ols"] == (250, "cosine", 5)
