@@ -103,3 +103,21 @@ def test_imagenet_teacher_recipes_train_on_rrc():
         seen[p.stem] = (cfg.epochs, cfg.schedule, cfg.warmup_epochs)
     assert seen["imagenet_resnet50"] == (100, "multistep", 0)
     assert seen["imagenet_resnet50_ols"] == (250, "cosine", 5)
+
+
+def test_rrc_views_of_a_folder_equal_torchvision_on_pil_images(folder):
+    """The crop of a file: exactly torchvision's RandomResizedCrop + flip on the PIL image,
+    given the same box and flip."""
+    import torchvision.transforms.functional as TF
+
+    train = folder.train
+    rec = sample_views(len(train), 3, ViewSpec("rrc"), 5, (SIZE, SIZE), source=train)
+    x, _ = gather_and_apply(train, rec, folder.num_classes)
+    for k in range(len(rec)):
+        top, left, h, w = (int(v) for v in rec.crop_box[k, 0])
+        with Image.open(train.root / train.paths[int(rec.sample[k])]) as im:
+            ref = TF.resized_crop(im.convert("RGB"), top, left, h, w, [SIZE, SIZE],
+                                  interpolation=T.InterpolationMode.BILINEAR)
+        if bool(rec.flip[k, 0]):
+            ref = TF.hflip(ref)
+        assert torch.equal(x[k].to(torch.uint8), TF.pil_to_tensor(ref)), k

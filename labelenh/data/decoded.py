@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from labelenh.data.base import as_index
-from labelenh.data.folder import FolderImages, fit, open_rgb
+from labelenh.data.folder import FolderImages, fit, open_rgb, resized_crops
 
 
 class ChunkImages:
@@ -59,6 +59,11 @@ class ChunkImages:
         """uint8 [3, H, W], as `FolderImages.load_original`."""
         arr = np.asarray(self._image(int(index)), dtype=np.uint8)  # [H, W, 3]
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 [K, 3, H, W], as `FolderImages.resized_crops`."""
+        path = self.source.root / self.source.paths[int(index)]
+        return torch.from_numpy(resized_crops(self._image(int(index)), boxes, size, f"image {path}"))
 
     def original_sizes(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
         """int64 [B, 2] (height, width): of this chunk's decodes where there is one, so a box is
