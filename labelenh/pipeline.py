@@ -33,6 +33,7 @@ class ImagePipeline:
         self.bundle = bundle
         self.workers = resolve_workers(workers)  # checked before any data is touched
         self._loaders: dict[int, tuple[MakeBatch, BatchLoader]] = {}
+        self._makers: dict[str, MakeBatch] = {}  # the evaluation splits' (one loader each)
         self.device = device
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -91,11 +92,14 @@ class ImagePipeline:
             for idx in batches:
                 yield idx, make(idx, epoch)
             return
+        for idx, out in zip(batches, self._run(make, epoch, batches), strict=True):
+            yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
+
+    def _run(self, make: MakeBatch, epoch: int, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
         if id(make) not in self._loaders:  # `make` kept alongside, so its id stays its own
             pin = self.device.type == "cuda"
             self._loaders[id(make)] = (make, BatchLoader(make, self.workers, pin_memory=pin))
-        for idx, out in zip(batches, self._loaders[id(make)][1].run(epoch, batches), strict=True):
-            yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
+        return self._loaders[id(make)][1].run(epoch, batches)
 
     def steps_per_epoch(self) -> int:
         return len(self.epoch_batches(0))
@@ -130,9 +134,17 @@ class ImagePipeline:
             raise LabelenhError(f"eval shard {rank} of {world} does not exist")
         starts = range(0, n, self.eval_batch_size)
         per_rank = -(-len(starts) // world)
-        for start in starts[rank * per_rank:(rank + 1) * per_rank]:
-            idx = torch.arange(start, min(start + self.eval_batch_size, n))
-            x = src.load(idx).to(self.device, non_blocking=True).float()
+        batches = [torch.arange(s, min(s + self.eval_batch_size, n))
+                   for s in starts[rank * per_rank:(rank + 1) * per_rank]]
+        if isinstance(src, TensorImages):
+            made = ((src.load(idx),) for idx in batches)
+        else:  # image folders decode in the loader workers, as for training
+            key = f"eval:{split}"
+            if key not in self._makers:
+                self._makers[key] = _Clean(src)
+            made = self._run(self._makers[key], 0, batches)
+        for idx, (x,) in zip(batches, made, strict=True):
+            x = x.to(self.device, non_blocking=True).float()
             yield self.normalize(x), src.labels[idx.to(src.labels.device)].to(self.device)
 
 
@@ -149,6 +161,16 @@ class _EpochViews:
         rec = sample_views(len(self.source), self.num_views, self.spec, self.seed, self.image_size,
                            samples=idx, views=torch.tensor([epoch]), source=self.source)
         return gather_and_apply(self.source, rec, self.num_classes)
+
+
+class _Clean:
+    """make(indices, epoch) -> (uint8 [B, C, H, W],): a split's clean images (evaluation)."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __call__(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor]:
+        return (self.source.load(idx),)
 
 
 def _on_device(src: ImageSource, device: torch.device) -> ImageSource:

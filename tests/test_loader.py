@@ -179,3 +179,13 @@ def test_a_teacher_trains_bit_identically_with_0_and_2_workers(tmp_path):
         weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "checkpoint.pt", weights_only=False)["model"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_evaluation_batches_of_a_folder_are_the_same_through_workers(folder):
+    def batches(w):
+        pipe = ImagePipeline(folder, torch.device("cpu"), batch_size=4, eval_batch_size=5, seed=0, workers=w)
+        return [t for pair in pipe.eval_batches("test") for t in pair]
+
+    ref, got = batches(0), batches(2)
+    assert len(ref) == len(got) == 2 * -(-len(folder.test) // 5)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))

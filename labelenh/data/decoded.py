@@ -60,10 +60,11 @@ class ChunkImages:
         arr = np.asarray(self._image(int(index)), dtype=np.uint8)  # [H, W, 3]
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
-    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int],
+                      flips: np.ndarray | None = None) -> torch.Tensor:
         """uint8 [K, 3, H, W], as `FolderImages.resized_crops`."""
         path = self.source.root / self.source.paths[int(index)]
-        return torch.from_numpy(resized_crops(self._image(int(index)), boxes, size, f"image {path}"))
+        return torch.from_numpy(resized_crops(self._image(int(index)), boxes, size, f"image {path}", flips))
 
     def original_sizes(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
         """int64 [B, 2] (height, width): of this chunk's decodes where there is one, so a box is

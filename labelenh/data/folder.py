@@ -74,14 +74,17 @@ def fit(im, size: int, crop_pct: float = 1.0) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
-def resized_crops(im, boxes: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:
+def resized_crops(im, boxes: np.ndarray, size: tuple[int, int], what: str,
+                  flips: np.ndarray | None = None) -> np.ndarray:
     """uint8 [K, 3, H, W]: each box (top, left, h, w) of the RGB PIL image `im` cut out and
-    resized to `size` = (H, W) with PIL's antialiased bilinear filter: torchvision's
-    RandomResizedCrop on PIL images (crop, then resize), in PIL's C code, a few ms per view
-    where a tensor resize of the full-resolution file took tens."""
+    resized to `size` = (H, W) with PIL's antialiased bilinear filter, then mirrored where
+    `flips` [K] (bool) is set: torchvision's RandomResizedCrop + flip on PIL images (crop, then
+    resize), in PIL's C code, a few ms per view where a tensor resize of the full-resolution
+    file took tens."""
     from PIL import Image
 
     H, W = size
+    flips = np.zeros(len(boxes), dtype=bool) if flips is None else np.asarray(flips, dtype=bool)
     out = np.empty((len(boxes), 3, H, W), dtype=np.uint8)
     for k, (top, left, h, w) in enumerate(np.asarray(boxes, dtype=np.int64).tolist()):
         if top < 0 or left < 0 or top + h > im.height or left + w > im.width:
@@ -90,6 +93,8 @@ def resized_crops(im, boxes: np.ndarray, size: tuple[int, int], what: str) -> np
         crop = im.crop((left, top, left + w, top + h))
         if (h, w) != (H, W):
             crop = crop.resize((W, H), Image.BILINEAR)
+        if flips[k]:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out[k] = np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)
     return out
 
@@ -179,11 +184,12 @@ class FolderImages:
         self._sizes[int(index)] = (arr.shape[0], arr.shape[1])
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
-    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int],
+                      flips: np.ndarray | None = None) -> torch.Tensor:
         """uint8 [K, 3, H, W]: boxes [K, 4] (top, left, h, w) of file `index` at its own size,
-        each resized to `size` (one decode for all of them)."""
+        each resized to `size` and mirrored where `flips` [K] (one decode for all of them)."""
         path = self.root / self.paths[int(index)]
-        return torch.from_numpy(resized_crops(open_rgb(path), boxes, size, f"image {path}"))
+        return torch.from_numpy(resized_crops(open_rgb(path), boxes, size, f"image {path}", flips))
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -59,8 +59,8 @@ def _pack(out: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
     quarter of the bytes through shared memory; exact, since the check is bit-for-bit."""
     x, *rest = out
     if x.is_floating_point():
-        xu = x.clamp(0, 255).to(torch.uint8)
-        if torch.equal(xu.to(x.dtype), x):
+        xu = x.to(torch.uint8)  # truncates (and wraps outside 0..255): the check below catches both
+        if bool(x.eq(xu).all()):
             return ("u8", xu, *rest)
     return ("f", x, *rest)
 

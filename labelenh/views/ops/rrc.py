@@ -199,10 +199,10 @@ class RandomResizedCrop(Op):
             rows: dict[int, list[int]] = {}
             for j, i in enumerate(ids):
                 rows.setdefault(i, []).append(j)
-            bx = boxes.cpu().numpy()
+            bx, fl = boxes.cpu().numpy(), r.flip.reshape(B * S).cpu().numpy()
             for i, js in rows.items():  # every file once, all its boxes from that decode
-                out[js] = crops(i, bx[js], (H, W))
-            return _flip(out.view(B, S, C, H, W), r.flip.cpu())
+                out[js] = crops(i, bx[js], (H, W), fl[js])
+            return out.view(B, S, C, H, W)
         files: dict[int, torch.Tensor] = {}
         out = torch.empty((B * S, C, H, W), dtype=torch.uint8)
         for j, i in enumerate(ids):
