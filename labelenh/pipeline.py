@@ -9,7 +9,7 @@ import torch
 
 from labelenh import distributed as dist
 from labelenh.data import DatasetBundle, ImageSource, TensorImages, normalize
-from labelenh.data.loader import BatchLoader, MakeBatch, resolve_workers
+from labelenh.data.loader import BatchLoader, MakeBatch, as_float_images, resolve_workers
 from labelenh.errors import LabelenhError
 from labelenh.utils import generator
 from labelenh.views import Recipes, ViewSpec, gather_and_apply, sample_views
@@ -90,7 +90,7 @@ class ImagePipeline:
         batches = self.epoch_batches(epoch)
         if isinstance(self.train, TensorImages):
             for idx in batches:
-                yield idx, make(idx, epoch)
+                yield idx, as_float_images(make(idx, epoch))
             return
         for idx, out in zip(batches, self._run(make, epoch, batches), strict=True):
             yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
@@ -110,7 +110,7 @@ class ImagePipeline:
         return self.normalize(x.to(self.device)), w.to(self.device)
 
     def view_maker(self, spec: ViewSpec, seed: int, num_views: int) -> MakeBatch:
-        """make(indices, epoch) -> (images float 0..255 [B, C, H, W], label weights [B, K]): each
+        """make(indices, epoch) -> (images 0..255 [B, C, H, W], label weights [B, K]): each
         sample's view `epoch` of `num_views` drawn from `seed` (for `made_batches`)."""
         return _EpochViews(self.train, spec, seed, num_views, self.image_size, self.bundle.num_classes)
 
@@ -160,7 +160,7 @@ class _EpochViews:
     def __call__(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = sample_views(len(self.source), self.num_views, self.spec, self.seed, self.image_size,
                            samples=idx, views=torch.tensor([epoch]), source=self.source)
-        return gather_and_apply(self.source, rec, self.num_classes)
+        return gather_and_apply(self.source, rec, self.num_classes, uint8_ok=True)
 
 
 class _Clean:

@@ -3,6 +3,7 @@ baselines, from the hard labels or an online teacher), on the same engine as the
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,7 +80,8 @@ class StudentTask:
         self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
                                     seed=self.seed, spec=spec, logits=self.uses_store,
                                     num_classes=pipe.bundle.num_classes, device=pipe.device)
-        self.make_images = self.batches.images  # one bound method: the pipeline keeps a loader per maker
+        # one object: the pipeline keeps a loader per maker
+        self.make_images = functools.partial(self.batches.images, uint8_ok=True)
 
     def epoch_views(self, epoch: int) -> torch.Tensor | None:
         """int64 [N]: the store view every sample shows in `epoch` (None without --aug)."""

@@ -21,6 +21,7 @@ Each second pass is timed (the first one starts the persistent workers). Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -98,7 +99,7 @@ def ours_images_per_s(bundle, workers: int) -> float:
 
     pipe = ImagePipeline(bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=workers)
     batches = StoreBatches(None, bundle.train, aug=False, spec=ViewSpec("rrc"), num_classes=bundle.num_classes)
-    make = batches.images
+    make = functools.partial(batches.images, uint8_ok=True)
     n = 0
 
     def epoch(e):
@@ -219,7 +220,7 @@ def bench_overlap(bundle) -> dict:
 
     pipe = ImagePipeline(bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=1)
     batches = StoreBatches(None, bundle.train, aug=False, spec=ViewSpec("rrc"), num_classes=bundle.num_classes)
-    make = batches.images
+    make = functools.partial(batches.images, uint8_ok=True)
     premade = [out for _, out in pipe.made_batches(1, make)]
 
     def lazy():

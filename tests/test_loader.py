@@ -3,6 +3,8 @@ with 0, 1 and 2 workers and on each rank, and a worker's bad file is one line.""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -81,7 +83,7 @@ def test_student_batches_through_workers_equal_store_batches(folder):
     spec = ViewSpec("rrc")
     batches = StoreBatches(None, folder.train, aug=False, spec=spec, num_classes=2, seed=1)
     pipe = ImagePipeline(folder, torch.device("cpu"), batch_size=6, seed=1, workers=2)
-    make = batches.images
+    make = functools.partial(batches.images, uint8_ok=True)
     for idx, images in pipe.made_batches(2, make):
         x, inp = batches.batch(idx, 2, images)
         x0, inp0 = batches.batch(idx, 2)

@@ -25,7 +25,8 @@ from labelenh import bounds as B
 from labelenh.errors import LabelenhError
 
 PREFETCH = 4  # batches per worker: enough to ride out one slow file, little memory (4 x 256 x 150 kB)
-MakeBatch = Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]]  # (indices [B], epoch) -> tensors
+# (indices [B], epoch) -> (images [B, C, H, W] 0..255, float or uint8, more tensors...)
+MakeBatch = Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]]
 
 
 def default_workers() -> int:
@@ -58,11 +59,19 @@ def _pack(out: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
     """Float images that hold whole grey levels (crops, flips, pastes) travel as uint8: a
     quarter of the bytes through shared memory; exact, since the check is bit-for-bit."""
     x, *rest = out
+    if x.dtype == torch.uint8:
+        return ("u8", x, *rest)
     if x.is_floating_point():
         xu = x.to(torch.uint8)  # truncates (and wraps outside 0..255): the check below catches both
         if bool(x.eq(xu).all()):
             return ("u8", xu, *rest)
     return ("f", x, *rest)
+
+
+def as_float_images(out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """`make`'s tuple with uint8 images as float32 (what the engine normalises)."""
+    x, *rest = out
+    return (x.to(torch.float32) if x.dtype == torch.uint8 else x, *rest)
 
 
 def _unpack(item: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
@@ -104,9 +113,9 @@ class _JobList(torch.utils.data.Sampler):
 class BatchLoader:
     """Runs `make(indices, epoch)` for a list of batches, in `workers` processes (0: here).
 
-    `make` returns a tuple whose first element is the images (float 0..255 [B, C, H, W]); it
-    must be picklable when the start method is not fork. Batches come back in order, on the CPU
-    (pinned when `pin_memory`)."""
+    `make` returns a tuple whose first element is the images (0..255 [B, C, H, W], float or
+    uint8); it must be picklable when the start method is not fork. Batches come back in order,
+    on the CPU (pinned when `pin_memory`), the images as float32."""
 
     def __init__(self, make: MakeBatch, workers: int, *, pin_memory: bool = False) -> None:
         self.workers = int(workers)
