@@ -134,17 +134,18 @@ def torchvision_images_per_s(root: Path, workers: int) -> float:
     return n / timed(epoch)
 
 
-def teacher_model(num_classes: int) -> torch.nn.Module:
-    """A small CNN at 224 px (~50 M multiply-adds an image): its training step is slower than
-    decoding and rendering an image on one core, as a real model's is on a GPU host."""
+def teacher_model(num_classes: int, width: int = 64) -> torch.nn.Module:
+    """A small CNN at 224 px (~50 M multiply-adds an image at width 64, ~4x that at 128): its
+    step is slower than decoding and rendering an image on one core, as a real model's is on a
+    GPU host."""
     from torch import nn
 
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 24, 7, stride=4, padding=3), nn.BatchNorm2d(24), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-        nn.Conv2d(24, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+        nn.Conv2d(24, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
     )
 
 
@@ -166,14 +167,14 @@ def bench_export(bundle, work: Path) -> dict:
 
     folder_mod.open_rgb = decoded_mod.open_rgb = counting
 
-    def export(path, chunk_source=None):
+    def export(path, chunk_source=None, source=bundle.train):
         saved = TeacherRunner.chunk_source
         if chunk_source is not None:
             TeacherRunner.chunk_source = chunk_source
         try:
             calls[0] = 0
             t = timed(lambda: export_soft_labels(
-                path, [teacher_from_model(model, "t")], bundle.train, dataset=bundle.name, num_classes=k,
+                path, [teacher_from_model(model, "t")], source, dataset=bundle.name, num_classes=k,
                 mean=bundle.mean, std=bundle.std, num_views=V, spec=ViewSpec("rrc"), view_seed=0,
                 chunk_size=BATCH))
             return t, calls[0]
@@ -181,7 +182,10 @@ def bench_export(bundle, work: Path) -> dict:
             TeacherRunner.chunk_source = saved
 
     t_export, decodes_now = export(work / "once.h5")
-    t_before, decodes_before = export(work / "per-view.h5", lambda self, plan, c: self.source)
+    # decodes of the path before, per image: on the first 256 images (the count is per image)
+    part = bundle.train.subset(torch.arange(min(256, len(bundle.train))))
+    _, decodes_part = export(work / "part-once.h5", source=part)
+    t_before, decodes_before = export(work / "per-view.h5", lambda self, plan, c: self.source, source=part)
     folder_mod.open_rgb = decoded_mod.open_rgb = real
 
     # the floor: decode every image once, and 8 bare forwards of the same batches
@@ -194,11 +198,15 @@ def bench_export(bundle, work: Path) -> dict:
         model(x)
         t_fwd = timed(lambda: [model(x) for _ in range(-(-n // BATCH) * V)])
     floor = t_decode + t_fwd
+    # the export also runs the teacher on the clean image: 9 forwards an image, not 8
+    floor9 = t_decode + t_fwd * (V + 1) / V
     return emit({"case": "export", "images": n, "views": V, "export_s": round(t_export, 2),
-                 "per_view_decode_export_s": round(t_before, 2), "decode_once_s": round(t_decode, 2),
-                 "bare_forwards_s": round(t_fwd, 2), "ratio": round(floor / t_export, 3),
-                 "decodes_now": decodes_now, "decodes_before": decodes_before,
-                 "fewer_decodes": round(decodes_before / max(decodes_now, 1), 2)})
+                 "decode_once_s": round(t_decode, 2), "bare_forwards_s": round(t_fwd, 2),
+                 "ratio": round(floor / t_export, 3), "ratio_with_clean_forward": round(floor9 / t_export, 3),
+                 "decodes_now": decodes_now, "decodes_part_now": decodes_part,
+                 "decodes_part_before": decodes_before, "part_images": len(part),
+                 "per_view_export_part_s": round(t_before, 2),
+                 "fewer_decodes": round(decodes_before / max(decodes_part, 1), 2)})
 
 
 def bench_overlap(bundle) -> dict:
@@ -209,7 +217,7 @@ def bench_overlap(bundle) -> dict:
     from labelenh.views import ViewSpec
 
     torch.set_num_threads(1)
-    model = teacher_model(bundle.num_classes)
+    model = teacher_model(bundle.num_classes, width=128)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step(x, w):
@@ -275,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if "export" in only:
             e = bench_export(bundle, tmp)
             rows += [("3. (decode once + 8 bare forwards) ÷ export of V = 8", e["ratio"], "≥ 0.9"),
+                     ("3'. (decode once + 9 bare forwards: clean + 8) ÷ export", e["ratio_with_clean_forward"], "—"),
                      ("3. decodes before ÷ now (V = 8, rrc)", e["fewer_decodes"], "≥ 4")]
         if "overlap" in only:
             o = bench_overlap(bundle)
