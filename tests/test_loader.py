@@ -191,3 +191,20 @@ def test_evaluation_batches_of_a_folder_are_the_same_through_workers(folder):
     ref, got = batches(0), batches(2)
     assert len(ref) == len(got) == 2 * -(-len(folder.test) // 5)
     assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_same_teacher_with_0_and_2_workers(tmp_path):
+    """Under torchrun (2 CPU ranks, gloo) each rank renders its own samples in its own loader
+    workers: the trained weights do not depend on the number of workers."""
+    from test_distributed import torchrun
+
+    root = make_folder(tmp_path / "d")
+    weights = []
+    for w in (0, 2):
+        r = torchrun("teach", "--dataset", f"folder:{root}", "--image-size", "16", "--model", "resnet8",
+                     "--aug", "rrc", "--epochs", "1", "--batch-size", "4", "--milestones", "1", "--device", "cpu",
+                     "--workers", w, "--name", f"w{w}", "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "checkpoint.pt", weights_only=False)["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
