@@ -70,10 +70,11 @@ class ChunkImages:
         """int64 [B, 2] (height, width): of this chunk's decodes where there is one, so a box is
         drawn on the very image it is cut from; else from the file's header."""
         idx = np.asarray(torch.as_tensor(np.asarray(indices)).reshape(-1).cpu(), dtype=np.int64)
-        out = self.source.original_sizes(idx)
-        for j, i in enumerate(idx.tolist()):
-            fut = self._decoded.get(i)
-            if fut is not None:
-                w, h = fut.result().size
-                out[j] = (h, w)
+        out = np.empty((len(idx), 2), dtype=np.int64)
+        here = np.array([i in self._decoded for i in idx.tolist()], dtype=bool)
+        for j in np.flatnonzero(here).tolist():
+            w, h = self._decoded[int(idx[j])].result().size
+            out[j] = (h, w)
+        if not here.all():  # partners outside the chunk: their headers (no decode)
+            out[~here] = self.source.original_sizes(idx[~here])
         return out
