@@ -1,5 +1,6 @@
-"""Batches for the engine: seeded per-epoch order, views applied batched on the device, clean
-normalised evaluation batches. Shared by the teacher and the student stages."""
+"""Batches for the engine: seeded per-epoch order, views applied batched on the device (in
+memory) or in loader workers (image folders), clean normalised evaluation batches. Shared by
+the teacher and the student stages."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from labelenh.data import DatasetBundle, ImageSource, TensorImages, normalize
 from labelenh.data.loader import BatchLoader, MakeBatch, as_float_images, resolve_workers
 from labelenh.errors import LabelenhError
 from labelenh.utils import generator
-from labelenh.views import Recipes, ViewSpec, gather_and_apply, sample_views
+from labelenh.views import ViewSpec, gather_and_apply, sample_views
 
 
 class ImagePipeline:
     """Holds a dataset bundle near the model: CIFAR-size in-memory datasets move to the training
     device once as uint8 (the cifar10-airbench layout), so augmentation and normalisation run
-    batched there instead of per image in loader workers."""
+    batched there instead of per image in loader workers. Image folders cannot: their batches
+    are decoded and rendered in `workers` persistent loader processes (`made_batches`)."""
 
     def __init__(
         self,
@@ -104,21 +106,10 @@ class ImagePipeline:
     def steps_per_epoch(self) -> int:
         return len(self.epoch_batches(0))
 
-    def apply(self, recipes: Recipes) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised images [B, C, H, W], hard-label weights [B, K]) for a batch of recipes."""
-        x, w = gather_and_apply(self.train, recipes, self.bundle.num_classes)
-        return self.normalize(x.to(self.device)), w.to(self.device)
-
     def view_maker(self, spec: ViewSpec, seed: int, num_views: int) -> MakeBatch:
         """make(indices, epoch) -> (images 0..255 [B, C, H, W], label weights [B, K]): each
         sample's view `epoch` of `num_views` drawn from `seed` (for `made_batches`)."""
         return _EpochViews(self.train, spec, seed, num_views, self.image_size, self.bundle.num_classes)
-
-    def views_for(self, idx: torch.Tensor, spec: ViewSpec, seed: int, view: int, num_views: int) -> Recipes:
-        return sample_views(
-            self.num_train, num_views, spec, seed, self.image_size,
-            samples=idx, views=torch.tensor([view]), source=self.train,
-        )
 
     def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
