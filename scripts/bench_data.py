@@ -13,6 +13,8 @@ Prints one JSON line per case, then a markdown table of the four ratios:
                export makes now against the path that decoded per view
   4. overlap   a student step on lazy folder data (1 worker, 1 torch thread) ÷ the same step on
                batches made beforehand, with a model whose step is slower than decoding
+  rss          peak RSS of an export (V = 2 rrc views, C = 1000, decode threads on) of all files
+               ÷ of a quarter of them, each in a fresh process
 
 Each second pass is timed (the first one starts the persistent workers). Usage:
   python scripts/bench_data.py [--quick] [--images N] [--folder DIR] [--keep]
@@ -248,14 +250,57 @@ def bench_overlap(bundle) -> dict:
                  "ratio": round(t_lazy / t_ready, 3)})
 
 
+def peak_rss_mib() -> float:
+    """Peak RSS of this process since its exec (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_child(root: Path, n: int, out: Path) -> None:
+    """In a fresh process: export the first n files (C = 1000, V = 2 rrc views, fp16, chunks of
+    256, decode threads on); print the peak RSS."""
+    from torch import nn
+
+    from labelenh.data import load_dataset
+    from labelenh.store.export import export_soft_labels, teacher_from_model
+    from labelenh.views import ViewSpec
+
+    bundle = load_dataset(f"folder:{root}", image_size=SIZE)
+    part = bundle.train.subset(torch.arange(n))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(3 * 28 * 28, 1000))
+    before = peak_rss_mib()
+    export_soft_labels(out, [teacher_from_model(model, "t")], part, dataset=bundle.name, num_classes=1000,
+                       mean=bundle.mean, std=bundle.std, num_views=2, spec=ViewSpec("rrc"), chunk_size=256)
+    print(json.dumps({"n": n, "peak_mib": round(peak_rss_mib(), 1), "after_imports_mib": round(before, 1)}))
+
+
+def bench_rss(root: Path, sizes: list[int], work: Path) -> dict:
+    import subprocess
+
+    peaks = {}
+    for n in sizes:
+        p = subprocess.run([sys.executable, __file__, "--rss-child", str(root), str(n), str(work / f"rss-{n}.h5")],
+                           capture_output=True, text=True, check=True)
+        peaks[n] = json.loads(p.stdout.strip().splitlines()[-1])["peak_mib"]
+    lo, hi = min(sizes), max(sizes)
+    return emit({"case": "rss", "peak_mib": peaks, "ratio": round(peaks[hi] / peaks[lo], 3)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=None, help="training JPEGs to generate (default 2000)")
     ap.add_argument("--quick", action="store_true", help="400 images")
     ap.add_argument("--folder", type=Path, default=None, help="use (or create) this folder")
     ap.add_argument("--keep", action="store_true", help="keep the generated folder")
-    ap.add_argument("--only", default="decoders,input,export,overlap", help="comma-separated cases")
+    ap.add_argument("--only", default="decoders,input,export,overlap,rss", help="comma-separated cases")
+    ap.add_argument("--rss-child", nargs=3, metavar=("FOLDER", "N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rss_child:
+        rss_child(Path(args.rss_child[0]), int(args.rss_child[1]), Path(args.rss_child[2]))
+        return 0
     n = args.images or (400 if args.quick else 2000)
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
@@ -288,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if "overlap" in only:
             o = bench_overlap(bundle)
             rows.append(("4. student step, lazy folder ÷ pre-made tensors", o["ratio"], "≤ 1.05"))
+        if "rss" in only:
+            r = bench_rss(root, [n // 4, n], tmp)
+            rows.append((f"peak RSS of an export, N = {n:,} ÷ N = {n // 4:,} (V = 2, C = 1000)", r["ratio"], "≤ 1.1"))
         if rows:
             print("\n| ratio | measured | goal |\n|---|---:|---|")
             for name, value, goal in rows:
