@@ -187,7 +187,7 @@ class TeacherRunner:
         from labelenh.views import gather_and_apply
 
         src = self.source if source is None else source
-        x, _ = gather_and_apply(src, recipes, self.num_classes)  # fresh images
+        x, _ = gather_and_apply(src, recipes, self.num_classes, uint8_ok=True)  # fresh images
         return self._normalize(x, owned=True)
 
     def forward(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
