@@ -92,3 +92,16 @@ def test_a_corrupt_file_stops_the_export_and_a_rerun_resumes_after_the_fix(bundl
     export(data, tmp_path / "fresh.h5", spec)
     a, b = contents(tmp_path / "s.h5"), contents(tmp_path / "fresh.h5")
     assert all(a[k] == b[k] for k in a if k != "progress")
+
+
+def test_export_cli_takes_workers_and_refuses_negative(bundle, tmp_path):
+    from clitools import assert_one_line_error, run_cli
+
+    r = run_cli("export-soft-labels", "-t", tmp_path / "none", "--out", tmp_path / "s.h5",
+                "--dataset", "synthetic:10:20", "--workers", "-2", "--device", "cpu")
+    assert_one_line_error(r, "--workers")
+    assert not (tmp_path / "s.h5").exists()
+    for w in (0, 3):  # any thread count: the same store
+        export(bundle, tmp_path / f"w{w}.h5", ViewSpec("rrc"), workers=w)
+    a, b = contents(tmp_path / "w0.h5"), contents(tmp_path / "w3.h5")
+    assert all(a[k] == b[k] for k in a)

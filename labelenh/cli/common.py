@@ -31,7 +31,7 @@ Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label nois
 NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
 NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help=f"Seed of the synthetic label noise, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help=f"Resize folder/ImageNet images to this size, in {B.IMAGE_SIZE.text()}.", rich_help_panel=H_DATA)]
-Workers = Annotated[int | None, typer.Option("--workers", help=f"Loader processes that decode and render image-folder batches while the model steps (default: the CPU count, shared among torchrun's local ranks; 0: in the training process); results do not depend on it. In {B.WORKERS.text()}.", rich_help_panel=H_DATA)]
+Workers = Annotated[int | None, typer.Option("--workers", help=f"Image folders: loader processes that decode and render the next batches while the model steps (export: threads decoding the next chunk); default: the CPU count, shared among torchrun's local ranks; 0: in the training process. Results do not depend on it. In {B.WORKERS.text()}.", rich_help_panel=H_DATA)]
 
 Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Training epochs, in {B.EPOCHS.text()}.", rich_help_panel=H_OPT)]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help=f"Batch size (per process under torchrun), in {B.BATCH_SIZE.text()}.", rich_help_panel=H_OPT)]

@@ -34,7 +34,7 @@ def export_soft_labels_cmd(
     fmt: Annotated[str, typer.Option("--format", help="fp16 | fp32 | topk:K (K fp16 log-probs + indices + the row's logsumexp).", rich_help_panel=H_STORE)] = "fp16",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk (default 256; a resume reuses the store's). Recorded in the store: forward batches are cut at fixed places, so chunk order and resumes never change the bytes.", rich_help_panel=H_STORE)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
-    device: c.Device = "auto",
+    device: c.Device = "auto", workers: c.Workers = None,
     amp: Annotated[str, typer.Option("--amp", help="auto (fp16 on CUDA) | off | fp16 | bf16; ignored on CPU.", rich_help_panel=c.H_RUN)] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if --out holds a store (finished or not); the old store stays in place until the new one is complete.", rich_help_panel=H_STORE)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the store's final size and write nothing.", rich_help_panel=H_STORE)] = False,
@@ -70,6 +70,7 @@ def export_soft_labels_cmd(
             raise LabelenhError(f"--aug {aug} --views {views}: {bad}")
     if batch_size is not None:
         B.BATCH_SIZE.check(batch_size, "--batch-size")
+    c.check_workers(workers)
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
     dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
@@ -87,7 +88,7 @@ def export_soft_labels_cmd(
         out, teachers, bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
         mean=bundle.mean, std=bundle.std, num_views=views, spec=spec, view_seed=view_seed, fmt=fmt,
         chunk_size=batch_size, device=dev, amp=amp, overwrite=overwrite, dry_run=dry_run, verify=verify,
-        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta,
+        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta, workers=workers,
     )
     p = res.plan
     what = (f"N={p.num_samples} x (clean + {p.num_views} views) x {len(p.teachers)} teacher(s), "

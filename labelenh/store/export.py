@@ -135,8 +135,11 @@ class TeacherRunner:
 
     def __init__(self, teachers: list[Teacher], source: Any, *, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str,
-                 stored: Any = None) -> None:
+                 stored: Any = None, workers: int | None = None) -> None:
         from labelenh.data import TensorImages
+        from labelenh.data.loader import resolve_workers
+
+        self.workers = resolve_workers(workers)
 
         self.teachers = teachers
         # a store derived from stores (labelenh.store.derive): chunks come from there
@@ -160,12 +163,11 @@ class TeacherRunner:
         forwards, decoding overlaps the teachers."""
         from labelenh.data.decoded import ChunkImages
         from labelenh.data.folder import FolderImages
-        from labelenh.data.loader import default_workers
 
         if not isinstance(self.source, FolderImages):
             return self.source
-        if self._decoders is None:
-            self._decoders = ThreadPoolExecutor(default_workers(), thread_name_prefix="decode")
+        if self._decoders is None:  # PIL releases the GIL while it decodes: threads suffice
+            self._decoders = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="decode")
         s0, s1 = plan.chunk_bounds(c)
         return ChunkImages(self.source, range(s0, s1), self._decoders)
 
@@ -259,6 +261,7 @@ def export_soft_labels(
     progress: bool = False,
     dataset_meta: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> ExportResult:
     """Write (or resume, or just size with dry_run) the store `out`. See the module doc.
 
@@ -266,7 +269,8 @@ def export_soft_labels(
     spec/num_views/view_seed: the views (num_views = 0: clean logits only).
     fmt: "fp16" | "fp32" | "topk:K".  chunk_size: samples per chunk = images per teacher
     forward; None = the existing store's (when resuming), else 256.  verify: re-run the teachers
-    on this many random stored rows afterwards and compare (LabelenhError when they differ)."""
+    on this many random stored rows afterwards and compare (LabelenhError when they differ).
+    workers: threads decoding an image folder's next chunk (None: the CPU count; 0 counts as 1)."""
     out = Path(out)
     if out.is_dir():
         raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
@@ -287,7 +291,7 @@ def export_soft_labels(
     if dry_run:
         return ExportResult(out, estimate_size(plan), plan.num_chunks, dry_run=True, plan=plan)
     runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
-                           device=device, amp=amp)
+                           device=device, amp=amp, workers=workers)
     return write_plan(out, plan, runner, spec, overwrite=overwrite, verify=verify, progress=progress,
                       on_chunk=on_chunk, seed=view_seed)
 
