@@ -63,6 +63,8 @@ class TeachSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
+    log_every: int = 50  # optimiser steps between logged training losses
 
     def run_config(self) -> dict[str, Any]:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
@@ -139,7 +141,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():
