@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labelenh.errors import LabelenhError
+from labelenh.metrics import check_bins
 from labelenh.report import figures
 from labelenh.report.runs import collect_runs
 from labelenh.report.table import Row, aggregate, to_csv, to_markdown
@@ -44,8 +45,7 @@ def write_report(
     becomes a note; the tables are still written."""
     if fmt not in FORMATS:
         raise LabelenhError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if n_bins < 1:
-        raise LabelenhError(f"--ece-bins must be at least 1, got {n_bins}")
+    check_bins(n_bins)
     notes: list[str] = []
     records = collect_runs(paths, notes)
     rows = aggregate(records, group_by=group_by)
