@@ -140,7 +140,12 @@ def test_an_old_run_without_the_new_fields_still_evaluates_and_reports(run, tmp_
     assert "ECE TS" in r.out
     rep = run_cli("report", old, "--out", tmp_path / "rep", "--no-diagrams", "--device", "cpu")
     assert rep.code == 0, rep.err
-    assert "—" in rep.out  # no ECE after TS in the old summary
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    head = [c.strip() for c in md[0].split("|")]
+    row = [c.strip() for c in md[2].split("|")]
+    assert row[head.index("ECE after TS (%) last")] == "—"  # the old summary has none
+    assert row[head.index("T last")] == "—"
+    assert row[head.index("ECE (%) last")] != "—"
 
 
 def test_a_logger_whose_package_is_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch):
