@@ -58,12 +58,14 @@ def _draw(ax_rel: Any, ax_hist: Any, bins: CalibrationBins, stats: dict, title: 
                    width=width[show], align="edge", color=GAP_COLOUR, alpha=0.35 if sure else 0.15,
                    edgecolor="#b02020", hatch="//", linewidth=0.6)
     ax_rel.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
-    for x, w, n, top in zip(lo, width, counts, np.maximum(acc, conf), strict=True):
-        if n > 0:  # each bin's sample count above its bar
-            ax_rel.text(x + w / 2, min(top + 0.02, 0.97), f"{int(n)}", ha="center", va="bottom",
-                        fontsize=6, rotation=90 if len(lo) > 10 else 0, color="#333333")
+    for x, w, n in zip(lo, width, counts, strict=True):
+        if n > 0:  # each bin's sample count, in a row above the bars
+            ax_rel.text(x + w / 2, 1.015, f"{int(n)}", ha="center", va="bottom", fontsize=6,
+                        rotation=90 if len(lo) > 10 else 0, color="#333333")
+    ax_rel.axhline(1.0, color="black", linewidth=0.5)
     ax_rel.set_xlim(0, 1)
-    ax_rel.set_ylim(0, 1.08)
+    ax_rel.set_ylim(0, 1.12)
+    ax_rel.set_yticks(np.linspace(0, 1, 6))
     ax_rel.set_ylabel("accuracy")
     head = f"{title}\n" if title else ""
     ts = (f"  after TS {100 * stats['ece_ts']:.2f}% (T={stats['temperature']:.2f})"
@@ -82,13 +84,13 @@ def _draw(ax_rel: Any, ax_hist: Any, bins: CalibrationBins, stats: dict, title: 
     ax_hist.set_ylabel("share")
 
 
-def _reliability_legend(fig: Any, min_count: int) -> None:
+def _reliability_legend(fig: Any, min_count: int, ncols: int) -> None:
     """One legend for every panel, below them, so that it never covers a bar."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = [
-        Patch(facecolor=ACC_COLOUR, edgecolor="black", label="accuracy per bin (number: samples)"),
+        Patch(facecolor=ACC_COLOUR, edgecolor="black", label="accuracy per bin (top: samples)"),
         Patch(facecolor=GAP_COLOUR, alpha=0.35, edgecolor="#b02020", hatch="//", label="gap to confidence"),
         Patch(facecolor=ACC_COLOUR, alpha=0.35, edgecolor="black", hatch="xxx",
               label=f"bin with < {min_count} samples"),
@@ -96,7 +98,7 @@ def _reliability_legend(fig: Any, min_count: int) -> None:
         Line2D([], [], color=ACC_COLOUR, label="accuracy (histogram)"),
         Line2D([], [], color=GAP_COLOUR, linestyle="--", label="mean confidence (histogram)"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=7, frameon=False)
 
 
 def reliability_grid(
@@ -124,14 +126,15 @@ def reliability_grid(
         computed.append((str(title), calibration_bins(logits, labels, n_bins), stats))
     ncols = min(len(panels), ncols or 4)
     nrows = -(-len(panels) // ncols)
-    fig = _figure(3.6 * ncols, 4.8 * nrows + 0.8)
+    legend_cols = 1 if ncols == 1 else (2 if ncols < 4 else 3)
+    fig = _figure(3.6 * ncols, 4.8 * nrows + 0.25 * -(-6 // legend_cols))
     grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
     for i, (title, bins, stats) in enumerate(computed):
         r, c = divmod(i, ncols)
         ax_rel = fig.add_subplot(grid[2 * r, c])
         ax_hist = fig.add_subplot(grid[2 * r + 1, c], sharex=ax_rel)
         _draw(ax_rel, ax_hist, bins, stats, title, min_count)
-    _reliability_legend(fig, min_count)
+    _reliability_legend(fig, min_count, legend_cols)
     return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 

@@ -233,4 +233,6 @@ def to_tidy_csv(rows: list[Row]) -> str:
 
 
 def _number(v: Any) -> str:
-    return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return ""
+    return str(v) if isinstance(v, int) else repr(v)  # floats round-trip
