@@ -25,6 +25,7 @@ from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import derive_seed, environment, resolve_device, write_json
 from labelenh.views import ViewSpec
 
@@ -168,6 +169,9 @@ def import_teacher(
     pipe = ImagePipeline(bundle, dev, batch_size=eval_batch_size, eval_batch_size=eval_batch_size)
     logits, labels = predict(model, pipe.eval_batches("test"), device=dev)
     metrics = classification_metrics(logits, labels, n_bins=ece_bins)
+    if "val" in pipe.splits:  # the same temperature scaling a trained run reports
+        t = fit_temperature(*predict(model, pipe.eval_batches("val"), device=dev))
+        metrics.update(scaled_metrics(logits, labels, t, ece_bins))
     run_name = name or default_run_name("import", model_name, data.dataset, 0)
     run_dir = Path(runs_dir) / run_name
     config = {"stage": "import", "model": model_name, "data": asdict(data), "source": str(checkpoint)}

@@ -162,6 +162,7 @@ CASES = [
                                               "--lr", "0.5"],
          ["--resume", "different settings", "train.lr", "same flags or a new --name"], copied_run),
     Case("teach-one-bin", [*TEACH, "--ece-bins", "1"], ["--ece-bins", "at least 2"]),
+    Case("teach-log-every-zero", [*TEACH, "--log", "csv", "--log-every", "0"], ["--log-every", "at least 1"]),
     Case("teach-unknown-logger", [*TEACH, "--log", "csv,wandb"], ["--log", "'wandb'", "csv, tensorboard"]),
     Case("teach-resume-from-truncated-checkpoint", [*TEACH[:-2], "--runs-dir", "{file}", "--name", "t", "--resume"],
          ["not a loadable checkpoint", "truncated"], run_with_truncated_checkpoint),

@@ -165,3 +165,14 @@ def test_a_run_without_validation_says_why_it_has_no_ts(tmp_path, monkeypatch):
     assert "no validation split" in r.err and "--calibrate-on test" in r.err
     rec = json.loads((tmp_path / "nv" / "metrics.jsonl").read_text().splitlines()[0])
     assert "temperature" not in rec["test"] and math.isfinite(rec["test"]["cwece"])
+
+
+def test_an_imported_teacher_gets_the_same_temperature_as_its_run(run, tmp_path, monkeypatch):
+    run_dir, summary, _ = run
+    monkeypatch.setattr("labelenh.teach._write_reliability", lambda *a, **k: None)
+    r = run_cli("teach", "--checkpoint", run_dir / "checkpoint.pt", *DS, "--val-split", "0.2",
+                "--device", "cpu", "--runs-dir", tmp_path, "--name", "imp")
+    assert r.code == 0, r.err
+    imported = json.loads((tmp_path / "imp" / "summary.json").read_text())["last"]["test"]
+    for k in ("temperature", "ece_ts", "nll_ts"):
+        assert imported[k] == pytest.approx(summary["last"]["test"][k], rel=1e-5, abs=1e-7), k
