@@ -21,7 +21,7 @@ COLUMNS = (("acc1", "Acc@1"), ("acc5", "Acc@5"), ("nll", "NLL"), ("ece", "ECE"),
            ("cwece", "cwECE"), ("rmsce", "RMSCE"), ("mce", "MCE"), ("brier", "Brier"))
 TS_COLUMNS = (("nll_ts", "NLL TS"), ("ece_ts", "ECE TS"), ("adaece_ts", "AdaECE TS"),
               ("cwece_ts", "cwECE TS"), ("brier_ts", "Brier TS"), ("temperature", "T"))
-BIASED = "test (biased: T is fitted on the split it is scored on)"
+BIASED = " (biased: T is fitted on {what})"
 
 
 def evaluate_checkpoint(
@@ -55,7 +55,8 @@ def evaluate_checkpoint(
         fit_logits, fit_labels = ((logits, labels) if fit_on == split
                                   else predict(model, pipe.eval_batches(fit_on), device=dev))
         metrics.update(scaled_metrics(logits, labels, fit_temperature(fit_logits, fit_labels), ece_bins))
-        metrics["calibrated_on"] = BIASED if fit_on == "test" else fit_on
+        metrics["calibrated_on"] = fit_on + (BIASED.format(what="the split it is scored on") if fit_on == split
+                                             else BIASED.format(what="test data") if fit_on == "test" else "")
     return {"checkpoint": str(checkpoint), "model": info["model"], "dataset": bundle.name, "split": split,
             "ece_bins": ece_bins, **metrics}, logits, labels
 
