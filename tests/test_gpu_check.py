@@ -4,6 +4,7 @@ the view ops from the code and catch a replay that differs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -80,8 +81,8 @@ def test_dry_run_writes_every_figure(dry_run):
             assert any(c.startswith("online kd") and f"b{b} {amp} {cl}," in c for c in cases)
     speeds = [x["value"] for x in by["student"] if x["unit"] == "images/s"]
     assert speeds and all(v > 0 for v in speeds)
-    knobs = next(x for x in by["student"] if x["case"] == "knobs the engine lacks")
-    assert knobs["value"] == (", ".join(gpu_check.missing_knobs().values()) or "none")
+    knobs = next(x for x in by["student"] if x["case"] == "knobs")
+    assert knobs["value"] == gpu_check.knobs_line()
     assert [x["unit"] for x in by["compile"]] == ["x"] * len(gpu_check.DRY.compile_cases)
     wait = next(x for x in by["folder"] if x["unit"] == "fraction")
     assert 0 <= wait["value"] <= 1 and wait["goal"] == "<= 0.05"
@@ -129,6 +130,18 @@ def test_a_failing_stage_exits_1_naming_it(tmp_path, monkeypatch, capsys):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def test_knobs_say_what_the_engine_and_the_cli_lack(monkeypatch):
+    from labelenh.engine import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "amp" not in gpu_check.missing_knobs() and "amp" in names
+    assert "autocast" not in gpu_check.knobs_line()  # --amp is a student flag
+    monkeypatch.setitem(gpu_check.KNOBS, "amp", ("autocast", "--no-such-flag"))
+    assert "no student flag: autocast" in gpu_check.knobs_line()
+    monkeypatch.setitem(gpu_check.KNOBS, "no_such_field", ("a knob", "--a-knob"))
+    assert gpu_check.missing_knobs()["no_such_field"] == "a knob"
+
 
 def test_view_ops_come_from_the_code(monkeypatch):
     assert gpu_check.view_ops() == list(labelenh.views.OPS)
