@@ -32,9 +32,9 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT" || exit 2
 mkdir -p "$OUTDIR" || { echo "gpu_check.sh: cannot create $OUTDIR" >&2; exit 2; }
-OUTDIR=$(cd "$OUTDIR" && pwd)
+OUTDIR=$(cd "$OUTDIR" && pwd)  # relative to where the script was called from
+cd "$ROOT" || exit 2
 : >"$OUTDIR/gpu_check.jsonl"
 LOG=$OUTDIR/gpu_check.log
 : >"$LOG"

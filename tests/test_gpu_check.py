@@ -46,6 +46,7 @@ def dry_run(tmp_path_factory):
     return r, out, time.perf_counter() - t
 
 
+@pytest.mark.slow
 def test_dry_run_passes_every_stage(dry_run):
     r, out, seconds = dry_run
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -57,6 +58,7 @@ def test_dry_run_passes_every_stage(dry_run):
     print(f"dry run: {seconds:.0f} s")
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_figure(dry_run):
     _, out, _ = dry_run
     got = rows(out)
