@@ -16,7 +16,8 @@ Stages (`--stage NAME`; `all` runs them in order in this process):
               kd-sl from the store, online kd with resnet110; bf16/fp16 autocast, channels-last
               on/off; one process, interleaved rounds, medians
   compile     the same students with torch.compile around the model (the engine has no
-              compile option; this says what one would buy)
+              compile option; this says what one would buy), eager and compiled interleaved;
+              a stage of its own so that a long compile cannot cost the student figures
   folder      the lazy image-folder path on generated JPEGs: how long the model waits for its
               input, per step; nvjpeg decoding (torchvision.io) where CUDA is there
   report      the JSON lines as a Markdown table
