@@ -11,6 +11,9 @@ Layout (`format = "labelenh.checkpoint"`, `version = 1`):
     config                              the resolved run configuration (JSON-able)
     metrics                             test metrics of this epoch, when evaluated
     env                                 versions, git commit, machine
+
+Every field is checked against `FIELDS` when a checkpoint is read (`RESUME_FIELDS` and
+`ENGINE_FIELDS` too when a run resumes), so a malformed or edited file fails in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 
 from labelenh import bounds as B
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, one_line
 from labelenh.utils import atomic_write, sha256_file
 
 FORMAT = "labelenh.checkpoint"
@@ -279,8 +282,7 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str, so
     try:
         model.load_state_dict(sd)
     except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype that cannot be copied
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabelenhError(f"weights {source} do not fit {what}: {first[:160]}") from None
+        raise LabelenhError(f"weights {source} do not fit {what}: {one_line(e)}") from None
 
 
 def resolve_checkpoint_path(path_or_run: str | Path) -> Path:

@@ -31,7 +31,7 @@ from labelenh.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, one_line
 from labelenh.metrics import classification_metrics
 from labelenh.utils import (
     atomic_write,
@@ -318,8 +318,7 @@ class Engine:
             self.task.load_state_dict(ck.get("task") or {})
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             # the fields had the right kinds, their contents do not fit this model or optimiser
-            first = (str(e).strip().splitlines() or [""])[0][:160] or type(e).__name__
-            raise malformed(path, f"its state does not fit this run ({type(e).__name__}: {first})") from None
+            raise malformed(path, f"its state does not fit this run ({type(e).__name__}: {one_line(e, 160)})") from None
         self.epoch = done
         eng = ck["engine"]
         self.step = int(eng["step"])

@@ -59,7 +59,7 @@ class TeachSettings:
     model: str = "resnet20"
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
-    aug: dict[str, Any] = field(default_factory=lambda: ViewSpec(op="crop-flip").to_dict())
+    aug: dict[str, Any] = field(default_factory=lambda: ViewSpec().to_dict())  # crop/flip
     weights: str | None = None  # initialise from a local file (e.g. ImageNet weights for timm models)
     name: str | None = None
     runs_dir: str = "runs"
@@ -121,6 +121,19 @@ class TeacherTask:
         pass
 
 
+def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
+    """Keep the view spec as the run recorded it when it means the same views: runs started
+    before views had one module per op recorded every op's options."""
+    from dataclasses import replace
+
+    from labelenh.views.spec import same_spec
+
+    if not path.is_file():
+        return s
+    old = (read_checkpoint(path).get("config") or {}).get("aug")
+    return replace(s, aug=old) if old != s.aug and same_spec(old, s.aug) else s
+
+
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one teacher into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
@@ -130,6 +143,8 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
         "teach", s.model, s.data.dataset, s.train.seed))
     bundle = s.data.load()
     run_dir = Path(s.runs_dir) / name
+    if resume:
+        s = _recorded_aug(s, run_dir / "checkpoint.pt")
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))

@@ -186,7 +186,7 @@ CASES = [
     Case("export-out-below-a-file", [*EXPORT, "--out", "{file}/s.h5"],
          ["a file stands where a folder is needed", "--out", "nothing was written"], text_file("notes")),
     Case("export-mixup-alpha-zero", [*EXPORT, "--out", "{work}/s.h5", "--aug", "mixup", "--views", "2",
-                                     "--mixup-alpha", "0"], ["mixup_alpha", "positive"]),
+                                     "--mixup-alpha", "0"], ["--mixup-alpha", "positive"]),
     Case("export-verify-negative", [*EXPORT, "--out", "{work}/s.h5", "--verify", "-1"], ["--verify", ">= 0"]),
     # -- store info / verify -------------------------------------------------------------------
     Case("store-info-of-a-checkpoint", ["store", "info", "{teacher}/checkpoint.pt"], ["not an HDF5 file"]),

@@ -170,13 +170,14 @@ def test_an_npz_label_of_a_billion_is_not_a_billion_class_head(tmp_path):
 
 # ---- run names --------------------------------------------------------------------------------
 
-BAD_NAMES = {"parent": "../x", "absolute": "/abs/x", "nested": "a/b", "backslash": "a\\b", "dot": ".",
+BAD_NAMES = {"parent": "../x", "absolute": "{tmp}/elsewhere/x", "nested": "a/b", "backslash": "a\\b", "dot": ".",
              "dotdot": "..", "empty": "", "blank": "  ", "newline": "a\nb", "nul": "a\x00b",
              "escape": "a\x1b[31mb", "tab": "a\tb", "trailing-space": "x ", "too-long": "x" * 300}
 
 
 @pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
 def test_a_run_name_must_be_one_folder_name(tmp_path, name):
+    name = name.replace("{tmp}", str(tmp_path))  # an absolute path that stays inside the test's folder
     work = tmp_path / "work"
     (work / "runs").mkdir(parents=True)
     for argv in ([*TEACH, "--name", name], ["student", *DS, *TRAIN, "--epochs", "1", "--method", "ls", "--name", name]):
@@ -184,13 +185,21 @@ def test_a_run_name_must_be_one_folder_name(tmp_path, name):
         assert_one_line_error(r, "--name")
         assert "\n" not in r.err.rstrip("\n")
     assert tree(tmp_path) == {"work": "", "work/runs": ""}, "something was written for a bad name"
-    assert not Path("/abs").exists()
 
 
 def test_an_ensemble_name_is_checked_for_every_member_before_training(tmp_path):
     r = run_cli(*TEACH, "--seeds", "0,1", "--name", "a/b", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(r, "--name", "'/'")
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_ensemble_member_that_already_holds_a_run_is_refused_before_any_trains(tmp_path):
+    taken = tmp_path / "runs" / "e-s1"
+    taken.mkdir(parents=True)
+    (taken / "checkpoint.pt").write_bytes(b"an earlier run")
+    r = run_cli(*TEACH, "--seeds", "0,1", "--name", "e", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(r, "e-s1 already holds a run", "--resume")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e-s1"], "member s0 trained first"
 
 
 def test_a_good_name_with_dots_and_dashes_is_accepted():
@@ -382,6 +391,24 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last(t
         assert json.loads((runs / "t" / "summary.json").read_text())["epochs_run"] == 2
 
 
+@pytest.mark.parametrize("where", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_a_checkpoint_write_that_runs_out_of_space_anywhere_is_one_error(tmp_path, where):
+    # the disk fills at several places inside torch's zip writer, up to its last bytes (the end of
+    # the archive, written when it closes)
+    from labelenh.checkpoint import save_checkpoint
+
+    payload = {"model_name": "x", "num_classes": 10, "model": {"w": torch.arange(60_000, dtype=torch.float32)}}
+    with small_fs(tmp_path, 1024) as mnt:
+        path = save_checkpoint(mnt / "c.pt", {**payload, "epoch": 1})
+        kept, size = _digest(path), path.stat().st_size
+        fill(mnt, leave_kib=int(size * where) // 1024)
+        assert free_bytes(mnt) < size
+        with pytest.raises(LabelenhError, match=r"^no space left on device while writing .*c\.pt: .*"
+                                                r"the previous c\.pt is intact$"):
+            save_checkpoint(path, {**payload, "epoch": 2})
+        assert _digest(path) == kept and _temporaries(mnt) == []
+
+
 def test_a_full_disk_for_a_new_student_run_leaves_no_valid_looking_run(tmp_path):
     with small_fs(tmp_path, 2048) as mnt:
         fill(mnt, leave_kib=64)  # the JSON files fit, the first checkpoint does not
@@ -437,3 +464,18 @@ def test_small_fs_really_is_small(tmp_path):
             f.flush()
             os.fsync(f.fileno())
         assert e.value.errno == 28
+
+
+@pytest.mark.parametrize("flag", ["--init", "--weights"])
+def test_tensors_that_cannot_be_copied_into_the_model_are_one_line(tmp_path, flag):
+    # tensors of the right names and shapes but without data (the "meta" device): loading them
+    # fails inside load_state_dict, after every name and shape check passed
+    from labelenh.models import build_model
+
+    path = tmp_path / "meta.pt"
+    model = build_model("resnet8", 10, in_chans=3)
+    torch.save({k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}, path)
+    cmd = ["student", "--method", "ls"] if flag == "--init" else ["teach"]
+    r = run_cli(*cmd, *DS, *TRAIN, "--epochs", "1", flag, path, "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(r, "do not fit resnet8", "conv1.weight")
+    assert not (tmp_path / "runs").exists()

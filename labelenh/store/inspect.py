@@ -58,6 +58,8 @@ def _store_info(path: Path) -> dict[str, Any]:
         "labelenh_version": a.get("labelenh_version"), "git_commit": a.get("git_commit"),
         "compute": a.get("compute"), "teachers": teachers,
         "checksum": a.get("checksum") if has_checksums(a) else None,
+        "provenance": a.get("provenance"),
+        "pending": _pending(path),
         "bytes_per_view": {**per, "total": per["per_teacher"] * len(teachers) + per["recipe"]} if v else None,
         "bytes_per_clean_row": per["per_teacher"] * len(teachers),
     }
@@ -89,6 +91,13 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("checksums    " + (f"{info['checksum']} per chunk and dataset (`labelenh store verify` checks them)"
                                     if info.get("checksum") else
                                     "none (a schema 1 store: bit rot cannot be detected; re-export to add them)"))
+    if info.get("provenance"):
+        p = info["provenance"]
+        lines.append(f"made by      store {p.get('operation')} from " + ", ".join(
+            f"{s.get('path')} ({', '.join(s.get('teachers') or [])})" for s in p.get("sources") or []))
+    if info.get("pending"):
+        lines.append(f"pending      an interrupted add-teacher or --overwrite: {info['pending']} "
+                     "(rerun the same command to finish it; this store is unchanged until then)")
     lines.append("teachers")
     topk = info["format"].startswith("topk")
     for t in info["teachers"]:
@@ -153,6 +162,13 @@ def _verify_store(path: Path, source: Any, *, num_classes: int | None, dataset: 
     return {"path": str(path), "ok": True, "num_samples": n, "num_classes": c, "num_views": v,
             "values_scanned": scanned, "fingerprint": a["fingerprint"], "schema": a["schema"],
             "checksums": checks}
+
+
+def _pending(path: Path) -> str | None:
+    from labelenh.store.export import staging_path
+
+    p = staging_path(path)
+    return str(p) if p.exists() else None
 
 
 def _num(x: Any) -> float | None:

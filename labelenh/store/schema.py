@@ -24,7 +24,7 @@ Root attributes
 | num_samples      | int         | N, rows of the train split                                       |
 | num_classes      | int         | C                                                                |
 | num_views        | int         | V, augmented views per sample (0: clean logits only)             |
-| view_spec        | JSON        | ViewSpec.to_dict() of the views, "null" when V = 0               |
+| view_spec        | JSON        | the views' spec: {"op", its options, "base": {...}}, "null" when V = 0 (schema-1 stores: a flat dict of every op's options, read as meant) |
 | view_seed        | int         | seed the recipes were drawn from                                 |
 | image_size       | JSON        | [H, W] the recipes were drawn for                                |
 | logit_format     | str         | "fp16" \\| "fp32" \\| "topk"                                     |
@@ -40,6 +40,7 @@ Root attributes
 | created          | str         | ISO-8601 UTC time the file was started                           |
 | complete         | bool        | False until every chunk is written (then True)                   |
 | checksum         | str         | "crc32" (zlib's CRC-32 of each chunk's bytes per dataset)        |
+| provenance       | JSON        | stores made from stores only: the operation and its source stores (path, fingerprint, CRCs) |
 | attrs_crc32      | int         | CRC-32 of every root and teacher attribute except `complete`, `attrs_crc32` and the top-k error attributes (`attrs_digest`) |
 
 Datasets (N samples, C classes, V views, K top-k, T teachers)
@@ -49,7 +50,7 @@ Datasets (N samples, C classes, V views, K top-k, T teachers)
 | /labels                          | (N,)       | int64            | hard labels the teachers saw (noisy labels included) |
 | /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data and checksums reach the disk) |
 | /checksums                       | (chunks, D)| uint32           | CRC-32 of chunk c's bytes in dataset d (see below)   |
-| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)`    |
+| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)` (a store of several ops adds a 1-byte `op` field) |
 | /teachers/<name>/clean           | (N, C)     | float16/float32  | logits of the clean (un-augmented) sample            |
 | /teachers/<name>/views           | (N, V, C)  | float16/float32  | logits of view v of sample i                         |
 | /teachers/<name>/clean/indices   | (N, K)     | uint16/uint32    | top-k: class ids, largest logit first                |
@@ -109,7 +110,7 @@ MIN_REST = 1e-20  # floor of the tail probability per class in top-k reconstruct
 
 # Root attributes that are JSON text.
 JSON_ATTRS = ("dataset_meta", "view_spec", "image_size", "teachers", "normalization", "compute",
-              "identity")
+              "identity", "provenance")
 TEACHER_JSON_ATTRS = ("metrics",)
 
 
@@ -198,6 +199,8 @@ class StorePlan:
     recipe_dtype: np.dtype | None = None  # needed when num_views > 0
     dataset_meta: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA  # 1 only to resume a store an earlier version started
+    # where a store made from stores came from (labelenh.store.derive); not part of its identity
+    provenance: dict[str, Any] | None = None
 
     @property
     def checksums(self) -> bool:
@@ -254,6 +257,8 @@ class StorePlan:
         }
         if self.checksums:
             out["checksum"] = CHECKSUM
+        if self.provenance is not None:
+            out["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
         return out
 
     def datasets(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
