@@ -42,7 +42,7 @@ def test_a_method_parameter_that_overflows_stops_the_run(tmp_path):
     assert_stopped(r, tmp_path, "check the method's parameters")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast to fp16 needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_amp_overflow_stops_the_run(tmp_path, amp):
     r = run_cli("teach", *DS, *TRAIN[:-2], "--device", "cuda", "--amp", amp, "--lr", "1e4", "--runs-dir", tmp_path)
