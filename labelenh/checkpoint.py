@@ -11,19 +11,26 @@ Layout (`format = "labelenh.checkpoint"`, `version = 1`):
     config                              the resolved run configuration (JSON-able)
     metrics                             test metrics of this epoch, when evaluated
     env                                 versions, git commit, machine
+
+Every field is checked against `FIELDS` when a checkpoint is read (`RESUME_FIELDS` and
+`ENGINE_FIELDS` too when a run resumes), so a malformed or edited file fails in one line.
 """
 
 from __future__ import annotations
 
 import pickle
+import types
+import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from labelenh.errors import LabelenhError
+from labelenh import bounds as B
+from labelenh.errors import LabelenhError, one_line
 from labelenh.utils import atomic_write, sha256_file
 
 FORMAT = "labelenh.checkpoint"
@@ -51,12 +58,28 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload = plain({"format": FORMAT, "version": VERSION, **payload})
 
     def write(p: Path) -> None:
-        # Through a Python file object: a full disk then raises OSError(ENOSPC), which
-        # atomic_write reports as such; torch.save(path) would raise an opaque RuntimeError.
+        # Through a Python file object, so that a full disk raises OSError(ENOSPC) for
+        # atomic_write to report in one line (the previous checkpoint stays intact).
         with open(p, "wb") as f:
-            torch.save(payload, f)
+            try:
+                torch.save(payload, f)
+            except RuntimeError as e:
+                raise _os_error_behind(e) from None
 
     return atomic_write(path, write)
+
+
+def _os_error_behind(e: RuntimeError) -> BaseException:
+    """The OSError (e.g. ENOSPC) that made torch's zip writer fail, else `e` itself.
+
+    torch.save catches the file's OSError, then fails again while closing the archive with
+    "[enforce fail at inline_container.cc] unexpected pos": the OSError is only its context."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return e
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -88,7 +111,140 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(obj, dict):
         raise LabelenhError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state_dict")
+    if is_labelenh_checkpoint(obj):
+        check_fields(obj, path, FIELDS)
+        check_config(obj.get("config"), path)
     return obj
+
+
+# ---- the checkpoint schema: every field a labelenh checkpoint may hold, checked on read, so a
+# malformed or edited file fails here in one line instead of deep inside a caller ----------------
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_state_dict(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def _is_metrics(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and (x is None or _is_number(x)) for k, x in v.items())
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+_IN_CHANS = B.Bound(1, 64, integer=True)
+_EPOCH = B.Bound(0, B.EPOCHS.hi, integer=True)  # completed epochs
+
+# key -> (required, what it must be, test)
+Schema = dict[str, tuple[bool, str, Callable[[Any], bool]]]
+FIELDS: Schema = {
+    "version": (True, f"the integer {VERSION} (a newer labelenh wrote any larger one)",
+                lambda v: _is_int(v) and v == VERSION),
+    "model_name": (True, "a model name", lambda v: isinstance(v, str) and bool(v.strip())),
+    "num_classes": (True, f"an integer in {B.NUM_CLASSES.text()}", B.NUM_CLASSES.contains),
+    "in_chans": (False, f"an integer in {_IN_CHANS.text()}", _IN_CHANS.contains),
+    "model": (True, "a state_dict (names -> tensors)", _is_state_dict),
+    "optimizer": (False, "a table (the optimizer state)", _is_dict),
+    "scaler": (False, "a table (the gradient scaler state)", _is_dict),
+    "task": (False, "a table (the stage state)", _is_dict),
+    "epoch": (False, f"an integer in {_EPOCH.text()}", _EPOCH.contains),
+    "engine": (False, "a table (the training state)", _is_dict),
+    "config": (False, "a table (the run configuration)", _is_dict),
+    "metrics": (False, "a table of numbers", _is_metrics),
+    "env": (False, "a table", _is_dict),
+    "dataset": (False, "a table", _is_dict),
+    "method": (False, "a table", _is_dict),
+}
+# What a resume needs on top: the optimiser and the engine's state.
+RESUME_FIELDS: Schema = {
+    "optimizer": (True, "a table (the optimizer state)", _is_dict),
+    "epoch": (True, f"an integer in {_EPOCH.text()}", _EPOCH.contains),
+    "engine": (True, "a table (the training state)", _is_dict),
+}
+ENGINE_FIELDS: Schema = {
+    "step": (True, "an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "world_size": (False, "an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "best": (True, "a table with val_nll and epoch", lambda v: isinstance(v, dict) and _is_number(
+        v.get("val_nll")) and (v.get("epoch") is None or _is_int(v.get("epoch")))),
+    "bad_epochs": (True, "an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "history": (True, "a list of tables", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+}
+
+
+def malformed(path: str | Path, what: str) -> LabelenhError:
+    return LabelenhError(
+        f"checkpoint {path} is malformed: {what}; it was not written by labelenh or was edited: "
+        "pass the file labelenh wrote, or retrain"
+    )
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def check_fields(obj: dict[str, Any], path: str | Path, schema: Schema, prefix: str = "") -> None:
+    """Every field of `schema` present when required and of its kind, else one-line LabelenhError."""
+    for key, (required, what, ok) in schema.items():
+        if key not in obj:
+            if required:
+                raise malformed(path, f"it lacks {prefix}{key} ({what})")
+            continue
+        if not ok(obj[key]):
+            raise malformed(path, f"{prefix}{key} must be {what}, got {_shown(obj[key])}")
+
+
+def check_config(config: Any, path: str | Path) -> None:
+    """config.data and config.train, when present, hold only settings this version knows, of
+    their types: they are turned back into DataSettings/TrainConfig (evaluate, resume)."""
+    if not isinstance(config, dict):
+        return
+    from labelenh.engine import TrainConfig
+    from labelenh.teach import DataSettings
+
+    for part, cls in (("data", DataSettings), ("train", TrainConfig)):
+        if part not in config:
+            continue
+        value = config[part]
+        if not isinstance(value, dict):
+            raise malformed(path, f"config.{part} must be a table, got {_shown(value)}")
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(str(k) for k in value if k not in hints)
+        if unknown:
+            raise malformed(path, f"config.{part} has unknown keys {unknown}")
+        for k, v in value.items():
+            if not _of_type(v, hints[k]):
+                raise malformed(path, f"config.{part}.{k} must be {_type_words(hints[k])}, got {_shown(v)}")
+
+
+def _of_type(v: Any, hint: Any) -> bool:
+    """isinstance for the simple hints of the settings dataclasses (str | None, list[int], ...)."""
+    if hint is type(None):
+        return v is None
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_of_type(v, a) for a in args)
+    if origin is list:
+        return isinstance(v, list) and all(_of_type(x, args[0]) for x in v)
+    if hint is float:
+        return _is_number(v)
+    if hint is int:
+        return _is_int(v)
+    return isinstance(v, hint) if isinstance(hint, type) else True
+
+
+def _type_words(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def is_labelenh_checkpoint(obj: dict[str, Any]) -> bool:
@@ -105,8 +261,9 @@ def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
         sd = obj["model"]
     else:
         sd = obj
-    # DataParallel/DDP checkpoints prefix every key with "module.".
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    # DataParallel/DDP checkpoints prefix every key with "module."; a non-text key is no weight.
+    return {k.removeprefix("module."): v for k, v in sd.items()
+            if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str, source: str | Path) -> None:
@@ -122,7 +279,10 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str, so
                 f"weights {source} do not fit {what}: {k} is {list(v.shape)}, expected "
                 f"{list(own[k].shape)}; check --model and the dataset's class count"
             )
-    model.load_state_dict(sd)
+    try:
+        model.load_state_dict(sd)
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype that cannot be copied
+        raise LabelenhError(f"weights {source} do not fit {what}: {one_line(e)}") from None
 
 
 def resolve_checkpoint_path(path_or_run: str | Path) -> Path:

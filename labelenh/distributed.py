@@ -29,7 +29,7 @@ import torch.distributed as tdist
 from torch import nn
 
 # Commands that share their work across ranks; the others run on rank 0 alone under torchrun.
-DISTRIBUTED_COMMANDS = ("teach", "student", "export-soft-labels")
+DISTRIBUTED_COMMANDS = ("teach", "student", "export-soft-labels", "store add-teacher")
 COORDINATION_TIMEOUT = timedelta(hours=12)
 
 _cpu_group: Any = None
@@ -89,8 +89,8 @@ def cli_process(argv: list[str]) -> bool:
     if not launched_by_torchrun() or env_rank() == 0:
         return True
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    command = next((a for a in argv if not a.startswith("-")), None)
-    return command in DISTRIBUTED_COMMANDS
+    words = [a for a in argv if not a.startswith("-")][:2]  # e.g. ["store", "add-teacher"]
+    return bool(words) and (words[0] in DISTRIBUTED_COMMANDS or " ".join(words) in DISTRIBUTED_COMMANDS)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +22,19 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from labelenh import bounds as B
 from labelenh import distributed as dist
-from labelenh.checkpoint import read_checkpoint, save_checkpoint
-from labelenh.errors import LabelenhError
+from labelenh.checkpoint import (
+    ENGINE_FIELDS,
+    RESUME_FIELDS,
+    check_fields,
+    malformed,
+    read_checkpoint,
+    save_checkpoint,
+)
+from labelenh.errors import LabelenhError, one_line
 from labelenh.loggers import STEP_TAG, RunLogger, open_loggers, parse_loggers
-from labelenh.metrics import DEFAULT_BINS, check_bins, classification_metrics
+from labelenh.metrics import DEFAULT_BINS, classification_metrics
 from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import (
     atomic_write,
@@ -62,36 +71,58 @@ class TrainConfig:
     eval_every: int = 1
 
     def validate(self) -> TrainConfig:
-        if self.epochs < 1:
-            raise LabelenhError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise LabelenhError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LabelenhError(f"--lr must be a positive number, got {self.lr}")
+        """Every setting in its documented range (labelenh.bounds) before anything is allocated."""
+        B.EPOCHS.check(self.epochs, "--epochs")
+        B.BATCH_SIZE.check(self.batch_size, "--batch-size")
+        B.BATCH_SIZE.check(self.eval_batch_size, "eval_batch_size")
+        B.LR.check(self.lr, "--lr")
+        B.WEIGHT_DECAY.check(self.weight_decay, "--weight-decay")
+        B.SEED.check(self.seed, "--seed")
+        B.PATIENCE.check(self.patience, "--patience")
+        B.ECE_BINS.check(self.ece_bins, "--ece-bins")
+        B.EPOCHS.check(self.eval_every, "eval_every")
+        if not (B.WEIGHT_DECAY.contains(self.min_lr) and self.min_lr <= self.lr):
+            raise LabelenhError(f"min_lr must be in [0, lr], got {self.min_lr!r}")
         if not 0 <= self.momentum < 1:
             raise LabelenhError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise LabelenhError("--nesterov needs --momentum > 0")
-        if self.weight_decay < 0:
-            raise LabelenhError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise LabelenhError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0 < self.gamma <= 1:
             raise LabelenhError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise LabelenhError(f"--milestones must be increasing positive epochs, got {self.milestones}")
+        if not all(B.EPOCHS.contains(m) for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise LabelenhError(f"--milestones must be increasing epochs in {B.EPOCHS.text()}, got {self.milestones}")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1) + (1 if self.warmup_epochs == 0 else 0):
             raise LabelenhError(
                 f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs"
             )
-        if self.patience < 0:
-            raise LabelenhError(f"--patience must be >= 0, got {self.patience}")
         if self.amp not in AMP_MODES:
             raise LabelenhError(f"--amp {self.amp!r} is not one of {', '.join(AMP_MODES)}")
-        check_bins(self.ece_bins)
-        if self.eval_every < 1:
-            raise LabelenhError(f"--eval-every must be at least 1, got {self.eval_every}")
         return self
+
+
+NAME_MAX_BYTES = 255  # the longest file name most file systems accept
+
+
+def check_run_name(name: str) -> str:
+    """`name` unchanged if it is one plain path component: a run folder name must never reach
+    outside --runs-dir (/, \\, ..), hide (.), or break the lines of logs (control characters)."""
+    if not isinstance(name, str) or not name.strip():
+        raise LabelenhError(f"--name must be a non-empty folder name, got {name!r}")
+    bad = next((ch for ch in name if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None or name in (".", ".."):
+        what = repr(bad) if bad is not None else repr(name)
+        raise LabelenhError(
+            f"--name {name!r} is not one folder name (it holds {what}): use letters, digits, '-', '_' "
+            "and '.', e.g. --name teach-resnet20"
+        )
+    if name != name.strip() or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        raise LabelenhError(
+            f"--name {name[:40]!r}…: a folder name may not start or end with a space or exceed "
+            f"{NAME_MAX_BYTES} bytes"
+        )
+    return name
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -217,8 +248,7 @@ class Engine:
         self.meta = checkpoint_meta  # model_name, num_classes, in_chans, dataset info
         self.on_epoch_end = on_epoch_end
         self.log = parse_loggers(log)  # unknown names and missing packages fail before training
-        if log_every < 1:
-            raise LabelenhError(f"--log-every must be at least 1, got {log_every}")
+        B.LOG_EVERY.check(log_every, "--log-every")
         self.log_every = log_every
         self.loggers: list[RunLogger] = []  # opened by fit() on rank 0
         self.progress = progress and sys.stderr.isatty() and dist.is_main()
@@ -268,22 +298,37 @@ class Engine:
         }
 
     def resume(self) -> None:
+        """Restore the run from its checkpoint.pt; reads only, so a refused resume changes nothing."""
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             raise LabelenhError(f"--resume: {path} does not exist; start without --resume")
         ck = read_checkpoint(path)
+        check_fields(ck, path, RESUME_FIELDS)
+        check_fields(ck["engine"], path, ENGINE_FIELDS, prefix="engine.")
         diffs = _config_diffs(ck.get("config", {}), self.run_config)
         if diffs:
             raise LabelenhError(
                 f"--resume: run {self.run_dir} was started with different settings ({', '.join(diffs[:4])}); "
                 "use the same flags or a new --name"
             )
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            self.scaler.load_state_dict(ck["scaler"])
-        self.task.load_state_dict(ck.get("task") or {})
-        self.epoch = int(ck["epoch"])
+        planned = (ck.get("config") or {}).get("train", {}).get("epochs")
+        done = int(ck["epoch"])
+        least = max(done, planned if isinstance(planned, int) else 0)
+        if self.cfg.epochs < least:
+            raise LabelenhError(
+                f"--resume: run {self.run_dir} has {done} of {planned} epochs; --epochs may only grow: "
+                f"pass --epochs {least} or more (got {self.cfg.epochs}), or start a new --name"
+            )
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            self.task.load_state_dict(ck.get("task") or {})
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            # the fields had the right kinds, their contents do not fit this model or optimiser
+            raise malformed(path, f"its state does not fit this run ({type(e).__name__}: {one_line(e, 160)})") from None
+        self.epoch = done
         eng = ck["engine"]
         self.step = int(eng["step"])
         if int(eng.get("world_size", 1)) != dist.world_size():
@@ -397,19 +442,19 @@ class Engine:
         return int(getattr(self.task, "steps_per_epoch", 1))
 
     def fit(self, *, resume: bool = False) -> FitResult:
+        if resume:
+            self.resume()  # before any file is touched: a refused resume leaves the run as it was
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # what a killed earlier run of this folder left half-written (never under a final name)
             remove_stale_temporaries(self.run_dir, RUN_FILES)
-        if resume:
-            self.resume()
-            if dist.is_main():
+            if resume:
                 self._write_metrics()  # a kill may have come between checkpoint and metrics
-        elif dist.is_main():
-            # a fresh run: what an earlier, unfinished one left here is not this run's
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            (self.run_dir / "log.csv").unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+            else:
+                # a fresh run: what an earlier, unfinished one left here is not this run's
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.run_dir / "log.csv").unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         if dist.is_main():
             write_json(self.run_dir / "config.json", self.run_config)
             write_json(self.run_dir / "env.json", environment())

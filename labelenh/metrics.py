@@ -34,20 +34,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from labelenh import bounds as B
 from labelenh.errors import LabelenhError
 
-# Fewer than two bins is no reliability curve at all: one bin measures |accuracy − mean
-# confidence|, which a model can zero while being miscalibrated everywhere.
-MIN_BINS = 2
 DEFAULT_BINS = 15  # Guo et al. 2017 and the instance-based-LS code use 15
 
 METRIC_KEYS = ("acc1", "acc5", "nll", "ece", "adaece", "cwece", "rmsce", "mce", "brier")
 
 
-def check_bins(n_bins: object, flag: str = "--ece-bins") -> int:
-    """`n_bins` when it is an integer >= MIN_BINS; else a LabelenhError naming `flag`."""
-    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < MIN_BINS:
-        raise LabelenhError(f"{flag} must be an integer of at least {MIN_BINS}, got {n_bins!r}")
+def check_bins(n_bins: int, flag: str = "--ece-bins") -> int:
+    """`n_bins` when it lies in labelenh.bounds.ECE_BINS; else a LabelenhError naming `flag`.
+    Fewer than two bins is no reliability curve: one bin measures |accuracy − mean confidence|
+    only, which a model can zero while being miscalibrated everywhere."""
+    B.ECE_BINS.check(n_bins, flag)
     return n_bins
 
 

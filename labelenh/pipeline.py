@@ -85,7 +85,7 @@ class ImagePipeline:
     def views_for(self, idx: torch.Tensor, spec: ViewSpec, seed: int, view: int, num_views: int) -> Recipes:
         return sample_views(
             self.num_train, num_views, spec, seed, self.image_size,
-            samples=idx, views=torch.tensor([view]),
+            samples=idx, views=torch.tensor([view]), source=self.train,
         )
 
     def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)

@@ -19,7 +19,7 @@ from labelenh.checkpoint import (
     resolve_checkpoint_path,
     state_dict_of,
 )
-from labelenh.engine import Batch, Engine, TrainConfig
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodInputs, build_method
 from labelenh.models import build_model
@@ -27,9 +27,9 @@ from labelenh.pipeline import ImagePipeline
 from labelenh.store.dataset import StoreBatches
 from labelenh.teach import DataSettings, _write_reliability, dataset_record, default_run_name
 from labelenh.utils import derive_seed, resolve_device
-from labelenh.views import ViewSpec
-
-MIXING_OPS = ("crop-flip", "mixup", "cutmix", "ricap")
+from labelenh.views import ViewSpec, get_op, names_views_of
+from labelenh.views import augments as _augments  # --aug changes the image: the store's views
+from labelenh.views.ops import default_base
 
 
 @dataclass
@@ -72,12 +72,12 @@ class StudentTask:
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
         self.uses_store = method.teacher == "store"
-        aug = settings.aug not in (None, "none")
-        self.store_views = store is not None and aug
-        # Views drawn on the fly when not replaying the store's: crop/flip by default, no
-        # augmentation for --aug none, or a mixing op for the hard-label methods without a store.
-        op = "crop-flip" if settings.aug is None else settings.aug
-        spec = None if self.store_views else ViewSpec(op=op, pad=pipe.bundle.crop_pad)
+        self.store_views = store is not None and _augments(settings.aug)
+        # Views drawn on the fly when not replaying the store's: the default base op (crop/flip)
+        # by default, no augmentation for the identity op, or any op for the hard-label methods
+        # without a store.
+        op = default_base().name if settings.aug is None else settings.aug
+        spec = None if self.store_views else ViewSpec.build(op, {"pad": pipe.bundle.crop_pad})
         self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
                                     seed=self.seed, spec=spec, logits=self.uses_store,
                                     num_classes=pipe.bundle.num_classes, device=pipe.device)
@@ -117,7 +117,7 @@ class StudentTask:
 def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=print) -> tuple[Any, list[str] | None]:
     """Open and check the store against the method, the dataset, --aug and --teachers."""
     needs = method.teacher == "store"
-    if s.store is None and s.aug not in (None, "none") and needs:
+    if s.store is None and _augments(s.aug) and needs:
         raise LabelenhError(f"--aug {s.aug} with method {method.name!r} trains on a store's views: pass "
                             f"--store STORE.h5 exported with --aug {s.aug} --views N")
     if s.store is None:
@@ -141,10 +141,11 @@ def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=pri
             raise LabelenhError(f"--teachers: {', '.join(missing)} not in {s.store}; it holds "
                                 f"{', '.join(store.teachers)}")
         ids = list(s.teachers)
-    if s.aug not in (None, "none"):
-        have = store.view_spec.op if (store.view_spec is not None and store.num_views) else None
-        if have != s.aug:
-            raise LabelenhError(f"--aug {s.aug}: {s.store} holds {'views of ' + have if have else 'no views'}; "
+    if _augments(s.aug):
+        have = store.view_spec if (store.view_spec is not None and store.num_views) else None
+        if have is None or not names_views_of(s.aug, have):
+            held = f"views of {have.describe()}" if have is not None else "no views"
+            raise LabelenhError(f"--aug {s.aug}: {s.store} holds {held}; "
                                 f"export with --aug {s.aug} or drop --aug")
         if store.num_views < s.train.epochs and dist.is_main():
             warn(f"labelenh: warning: the store has {store.num_views} views for {s.train.epochs} epochs: views "
@@ -161,8 +162,8 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
     s.train.validate()
     if s.method not in METHODS:
         raise LabelenhError(f"--method {s.method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
-    if s.aug is not None and s.aug not in ("none", *MIXING_OPS):
-        raise LabelenhError(f"--aug {s.aug!r} is not one of none, {', '.join(MIXING_OPS)}")
+    if s.aug is not None:
+        get_op(s.aug)  # an unknown op: one line listing the registered ones
     bundle = s.data.load()
     method = build_method(s.method, bundle.num_classes, **s.params)
     if method.teacher == "online" and not s.online_teachers:
@@ -179,9 +180,10 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one student into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
+    name = check_run_name(s.name if s.name is not None else default_run_name(
+        f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
-    name = s.name or default_run_name(f"student-{s.method}", s.model, s.data.dataset, s.train.seed)
     run_dir = Path(s.runs_dir) / name
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
@@ -201,7 +203,8 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
         cfg["store_record"] = {"fingerprint": store.fingerprint,
                                "teachers": {t: sha.get(t, "") for t in task.teacher_ids or store.teachers},
                                "num_views": store.num_views, "view_seed": store.view_seed,
-                               "view_spec": store.view_spec.to_dict() if store.view_spec else None}
+                               # as the store records it: a schema-1 spec keeps its old form
+                               "view_spec": store.view_spec.record() if store.view_spec else None}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from labelenh import bounds as B
 from labelenh import distributed as dist
 from labelenh.checkpoint import (
     is_labelenh_checkpoint,
@@ -19,8 +20,8 @@ from labelenh.checkpoint import (
     state_dict_of,
 )
 from labelenh.data import DatasetBundle, load_dataset
-from labelenh.engine import Batch, Engine, TrainConfig, predict
-from labelenh.errors import LabelenhError
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
+from labelenh.errors import LabelenhError, OutputError
 from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
@@ -59,7 +60,7 @@ class TeachSettings:
     model: str = "resnet20"
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
-    aug: dict[str, Any] = field(default_factory=lambda: ViewSpec(op="crop-flip").to_dict())
+    aug: dict[str, Any] = field(default_factory=lambda: ViewSpec().to_dict())  # crop/flip
     weights: str | None = None  # initialise from a local file (e.g. ImageNet weights for timm models)
     name: str | None = None
     runs_dir: str = "runs"
@@ -123,14 +124,30 @@ class TeacherTask:
         pass
 
 
+def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
+    """Keep the view spec as the run recorded it when it means the same views: runs started
+    before views had one module per op recorded every op's options."""
+    from dataclasses import replace
+
+    from labelenh.views.spec import same_spec
+
+    if not path.is_file():
+        return s
+    old = (read_checkpoint(path).get("config") or {}).get("aug")
+    return replace(s, aug=old) if old != s.aug and same_spec(old, s.aug) else s
+
+
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one teacher into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
     s.train.validate()
     spec = ViewSpec.from_dict(s.aug)
+    name = check_run_name(s.name if s.name is not None else default_run_name(
+        "teach", s.model, s.data.dataset, s.train.seed))
     bundle = s.data.load()
-    name = s.name or default_run_name("teach", s.model, s.data.dataset, s.train.seed)
     run_dir = Path(s.runs_dir) / name
+    if resume:
+        s = _recorded_aug(s, run_dir / "checkpoint.pt")
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))
@@ -157,6 +174,9 @@ def import_teacher(
     """Load a teacher instead of training it (a labelenh checkpoint or a plain state_dict for the
     named model), evaluate it, and write a run folder that `export-soft-labels` accepts."""
     dev = resolve_device(device)
+    if name is not None:
+        check_run_name(name)
+    B.ECE_BINS.check(ece_bins, "--ece-bins")
     bundle = data.load()
     obj = read_checkpoint(checkpoint)
     if is_labelenh_checkpoint(obj):
@@ -193,5 +213,7 @@ def _write_reliability(path: Path, logits: torch.Tensor, labels: torch.Tensor, b
         from labelenh.plots import reliability_diagram
 
         reliability_diagram(logits, labels, path, n_bins=bins, title=title)
+    except OutputError:
+        raise  # a full disk must fail the command, though the run's checkpoint is complete
     except LabelenhError as e:  # matplotlib missing: the run is still valid
         print(f"labelenh: note: {e}")

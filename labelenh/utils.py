@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from labelenh import __version__
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, OutputError
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -107,7 +107,7 @@ def write_error(e: OSError, path: str | Path, *, where: str = OUTPUT_FLAGS,
     if kept is None:
         intact = Path(path).is_file() and e.errno not in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)
         kept = f"the previous {Path(path).name} is intact" if intact else "nothing was written"
-    return LabelenhError(f"{reason} while writing {path}: {fix.format(where=where)}; {kept}")
+    return OutputError(f"{reason} while writing {path}: {fix.format(where=where)}; {kept}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, where: str = OUTPUT_FLAGS) -> Path:

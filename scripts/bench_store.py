@@ -1,5 +1,6 @@
 """Benchmarks of the soft-label store: export overhead, bytes per stored view, reader speed,
-and peak memory of an ImageNet-shaped export.
+peak memory of an ImageNet-shaped export, and what the checksums cost (schema 2 against the
+same store without them, schema 1).
 
     python scripts/bench_store.py            # full sizes (several minutes on 2 CPU cores)
     python scripts/bench_store.py --quick    # smaller sizes (about a minute)
@@ -31,10 +32,13 @@ from labelenh.store import SoftLabelStore, export_soft_labels, teacher_from_mode
 from labelenh.store.export import TeacherRunner
 from labelenh.store.schema import (
     DEFAULT_CHUNK_SIZE,
+    SCHEMA,
     LogitFormat,
     StorePlan,
     TeacherRecord,
     bytes_per_view,
+    chunk_rows,
+    crc32,
 )
 from labelenh.store.writer import create_store
 
@@ -147,11 +151,12 @@ def bench_bytes() -> None:
 
 # ---- 3. reader speed --------------------------------------------------------------------------
 
-def make_random_store(path: Path, n: int, c: int, v: int, fmt: str) -> None:
+def make_random_store(path: Path, n: int, c: int, v: int, fmt: str, schema: int = SCHEMA) -> None:
     """A complete store of random logits (a teacher is not what is measured here)."""
     from labelenh.store.topk import topk_compress
 
     plan = _plan(n, c, v, fmt, "crop-flip")
+    plan.schema = schema
     create_store(path, plan)
     g = torch.Generator().manual_seed(0)
     with h5py.File(path, "r+") as f:
@@ -167,7 +172,20 @@ def make_random_store(path: Path, n: int, c: int, v: int, fmt: str) -> None:
             else:
                 f[base][s0:s1] = z.numpy().astype(plan.fmt.dense_dtype()).reshape(s1 - s0, v, c)
         f["progress"][...] = 1
+        if plan.checksums:
+            sign_chunks(f, plan)
         f.attrs["complete"] = np.bool_(True)
+
+
+def sign_chunks(f: h5py.File, plan: StorePlan) -> None:
+    """/checksums of a store whose data was written here, not through StoreWriter."""
+    sums = np.zeros((plan.num_chunks, len(plan.checksummed())), dtype="<u4")
+    for d, (name, _, _) in enumerate(plan.checksummed()):
+        arr = f[name][()]
+        for c in range(plan.num_chunks):
+            a, b = chunk_rows(name, c, plan.chunk_size, plan.num_samples)
+            sums[c, d] = crc32(arr[a:b])
+    f["checksums"][...] = sums
 
 
 def bench_reader(quick: bool, threads: int = 1) -> None:
@@ -283,6 +301,84 @@ def bench_rss(quick: bool) -> None:
 
 # ---- report -----------------------------------------------------------------------------------
 
+# ---- 5. checksums: their bytes, and export and reader speed with against without -------------
+
+def bench_checksums(quick: bool, reps: int = 5) -> None:
+    """Schema 2 (CRC-32 per chunk and dataset, checked as chunks are first read) against the same
+    store in schema 1 (no checksums), written and read by the same code: interleaved rounds,
+    medians, one torch thread."""
+    import statistics
+
+    from labelenh.store.export import plan_export
+    from labelenh.views import ViewSpec
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for c, fmt, v in ((10, "fp16", 8), (100, "fp16", 8), (1000, "topk:5", 8)):
+        plan = _plan(256 * 64, c, v, fmt, "crop-flip")
+        d = len(plan.checksummed())
+        chunk_bytes = plan.data_bytes() / plan.num_chunks
+        emit(bench="checksum_bytes", num_classes=c, format=fmt, views=v, chunk_size=plan.chunk_size,
+             datasets=d, bytes_per_chunk=4 * d, chunk_data_bytes=round(chunk_bytes),
+             overhead_pct=round(100 * 4 * d / chunk_bytes, 4))
+    # export: a fast 1000-way stand-in teacher, so that writing is as large a share as it gets
+    n = 4096 if quick else 16384
+    src, spec = SyntheticImages(n, 1000), ViewSpec("crop-flip")
+    teacher = teacher_from_model(seeded_(Standin(1000), 0), "standin")
+    kw = dict(dataset="bench", num_classes=1000, mean=(0.5,) * 3, std=(0.25,) * 3, num_views=4, spec=spec,
+              view_seed=0, fmt="topk:5", chunk_size=DEFAULT_CHUNK_SIZE, device="cpu")
+    src.fingerprint()
+    times: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for schema in (1, 2):
+                p = Path(tmp) / f"e{schema}-{rep}.h5"
+                plan = plan_export([teacher], src, fmt=LogitFormat.parse("topk:5", 1000), amp="off",
+                                   fingerprint=src.fingerprint(), dataset_meta=None,
+                                   **{k: v for k, v in kw.items() if k not in ("fmt", "device")},
+                                   device=torch.device("cpu"))
+                plan.schema = schema
+                create_store(p, plan)  # the same skeleton either way; the export resumes it
+                t0 = time.perf_counter()
+                export_soft_labels(p, [teacher], src, **kw)
+                times[schema].append(time.perf_counter() - t0)
+                p.unlink()
+    m1, m2 = statistics.median(times[1]), statistics.median(times[2])
+    emit(bench="checksum_export", n=n, views=4, format="topk:5", num_classes=1000, reps=reps,
+         samples_per_s_without=round(n / m1), samples_per_s_with=round(n / m2), ratio=round(m1 / m2, 3))
+    # reader: a fresh open per round (checks happen once per chunk and process), random rows
+    n = 20_000 if quick else 100_000
+    with tempfile.TemporaryDirectory() as tmp:
+        for c, fmt in ((100, "fp16"), (1000, "topk:5")):
+            paths = {s: Path(tmp) / f"r{c}-{s}.h5" for s in (1, 2)}
+            for s, p in paths.items():
+                make_random_store(p, n, c, 8, fmt, schema=s)
+            g = torch.Generator().manual_seed(1)
+            batches = [(torch.randint(n, (256,), generator=g), torch.randint(8, (256,), generator=g))
+                       for _ in range(max(1, 2 * n // 256))]  # every chunk read, most of them often
+            # "lazy, later epochs": the same rows once more after every chunk was checked
+            for mode in ("lazy", "lazy, later epochs", "preloaded"):
+                t: dict[int, list[float]] = {1: [], 2: []}
+                for _ in range(reps):
+                    for s, p in paths.items():
+                        t0 = time.perf_counter()
+                        store = SoftLabelStore.open(p, preload=mode == "preloaded")
+                        for smp, vv in batches:
+                            store.view_logits(smp, vv)
+                        if mode == "lazy, later epochs":
+                            t0 = time.perf_counter()
+                            for smp, vv in batches:
+                                store.view_logits(smp, vv)
+                        store.close()
+                        t[s].append(time.perf_counter() - t0)
+                rows = len(batches) * 256
+                m1, m2 = statistics.median(t[1]), statistics.median(t[2])
+                emit(bench="checksum_reader", mode=mode, num_classes=c, format=fmt, n=n, views=8, batch=256,
+                     rows=rows, rows_per_s_without=round(rows / m1), rows_per_s_with=round(rows / m2),
+                     ratio=round(m1 / m2, 3))
+    torch.set_num_threads(before)
+
+
 def markdown() -> str:
     lines = ["| benchmark | setting | result |", "|---|---|---|"]
     for r in RESULTS:
@@ -302,13 +398,23 @@ def markdown() -> str:
                          f"**{r['peak_rss_mib']} MiB** ({r['seconds']} s, {r['samples_per_s']:,} samples/s, store {r['store_mib']} MiB) |")
         elif b == "export_peak_rss_ratio":
             lines.append(f"| peak RSS ratio | N={r['n_large']:,} / N={r['n_small']:,} | **{r['ratio']}x** |")
+        elif b == "checksum_bytes":
+            lines.append(f"| checksum bytes | C={r['num_classes']}, {r['format']}, V={r['views']}, chunk {r['chunk_size']} | "
+                         f"**{r['bytes_per_chunk']} B per chunk** ({r['datasets']} datasets; "
+                         f"{r['overhead_pct']:.4f} % of the chunk's {r['chunk_data_bytes']:,} B) |")
+        elif b == "checksum_export":
+            lines.append(f"| export with / without checksums | N={r['n']:,}, C={r['num_classes']}, {r['format']}, V={r['views']}, stand-in teacher | "
+                         f"{r['samples_per_s_with']:,} vs {r['samples_per_s_without']:,} samples/s = **{r['ratio']:.3f}x** |")
+        elif b == "checksum_reader":
+            lines.append(f"| reader with / without checksums, {r['mode']} (open + {r['rows']:,} rows) | C={r['num_classes']}, {r['format']}, N={r['n']:,}x{r['views']}, batch {r['batch']} | "
+                         f"{r['rows_per_s_with'] / 1e6:.2f} vs {r['rows_per_s_without'] / 1e6:.2f} M rows/s = **{r['ratio']:.3f}x** |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
-    ap.add_argument("--only", default="throughput,bytes,reader,rss", help="comma-separated subset")
+    ap.add_argument("--only", default="throughput,bytes,reader,rss,checksums", help="comma-separated subset")
     ap.add_argument("--model", default="resnet8", help="teacher of the throughput benchmark")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--views", type=int, default=1, help=argparse.SUPPRESS)
@@ -326,6 +432,8 @@ def main() -> None:
         bench_reader(a.quick)
     if "rss" in only:
         bench_rss(a.quick)
+    if "checksums" in only:
+        bench_checksums(a.quick)
     print()
     print(markdown())
 

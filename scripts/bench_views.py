@@ -18,6 +18,7 @@ page_faults column shows it and --warm-heap measures the same code without it.
 
 Usage: python scripts/bench_views.py [--batch 512] [--reps 50] [--threads 1] [--device cpu]
                                      [--warm-heap]
+       python scripts/bench_views.py --sizes   # bytes per stored recipe of every op (a table)
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import time
 import torch
 import torchvision.transforms.functional as TF
 
-from labelenh.views import OPS, Recipes, ViewSpec, apply_views, sample_views
+from labelenh.views import OPS, Recipes, ViewSpec, apply_views, recipe_dtype, sample_views
+from labelenh.views.ops import base_ops
 
 
 def timeit(fn, reps: int, sync) -> dict[str, float]:
@@ -86,7 +88,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                 out.append(TF.hflip(x) if flips[i] else x)
             return torch.stack(out).to(torch.float32)
     else:
-        spec = ViewSpec(op, pad=pad)
+        spec = ViewSpec.build(op, {"pad": pad})  # pad where the op (or its base) takes one
         rec = sample_views(n, 1, spec, args.seed, (32, 32), samples=idx)
         if kind == "sample":
             fn = lambda: sample_views(n, 1, spec, args.seed, (32, 32), samples=idx)  # noqa: E731
@@ -106,8 +108,28 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
             **timeit(fn, args.reps, sync)}
 
 
+def record_sizes() -> list[dict]:
+    """Bytes per stored recipe (the packed record's itemsize, which is what an [N, V] table of
+    them takes per view) for every registered op, each base of the ops that take one, and a
+    two-op store."""
+    rows = []
+    for name, op in OPS.items():
+        bases = base_ops() if op.takes_base else [None]
+        for b in bases:
+            spec = ViewSpec(name, **op.example(), **({"base": b} if b else {}))
+            dt = recipe_dtype(spec)
+            rows.append({"aug": op.example_aug(), "base": b or "", "bytes": dt.itemsize,
+                         "fields": ", ".join(f"{n} {dt[n].base.str.lstrip('<|')}{list(dt[n].shape) if dt[n].shape else ''}"
+                                             for n in dt.names)})
+    two = ViewSpec.parse("mixup:8,cutmix:8")
+    rows.append({"aug": "mixup:8,cutmix:8", "base": two.ops[0].base.op,
+                 "bytes": recipe_dtype(two).itemsize, "fields": ", ".join(recipe_dtype(two).names)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", action="store_true", help="print bytes per stored recipe of every op and exit")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--num-samples", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=50)
@@ -119,6 +141,11 @@ def main() -> None:
                     help="keep freed memory in glibc's heap (MALLOC_MMAP/TRIM_THRESHOLD_ = 256 MiB), "
                          "so large temporaries stop costing page faults on every call")
     args = ap.parse_args()
+    if args.sizes:
+        print("| --aug | base | bytes | record fields |\n|---|---|---:|---|")
+        for r in record_sizes():
+            print(f"| `{r['aug']}` | {r['base']} | {r['bytes']} | {r['fields']} |")
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return

@@ -28,6 +28,11 @@ def run(args: list[str]) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def warmup(epochs: int) -> int:
+    """One warm-up epoch, as the recipe has, unless the run is a single epoch."""
+    return 1 if epochs > 1 else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/quickstart", help="folder for runs and the store (replaced)")
@@ -36,22 +41,29 @@ def main() -> None:
     ap.add_argument("--student-model", default="resnet8", help="a smaller student than the resnet20 teacher")
     ap.add_argument("--views", type=int, default=8, help="RICAP views per sample in the store")
     ap.add_argument("--device", default="auto")
+    # The test suite runs the same script at a tiny size: synthetic data, resnet8, one epoch.
+    ap.add_argument("--dataset", default="cifar10-mini", help="the data of every step")
+    ap.add_argument("--image-size", type=int, default=None, help="image size of synthetic/folder data")
+    ap.add_argument("--teacher-model", default=None, help="overrides the recipe's resnet20")
     a = ap.parse_args()
     out = Path(a.out)
     if out.exists():
         shutil.rmtree(out)
     runs = str(out)
-    common = ["--dataset", "cifar10-mini", "--runs-dir", runs, "--device", a.device]
+    data = ["--dataset", a.dataset, *(["--image-size", str(a.image_size)] if a.image_size else [])]
+    common = [*data, "--runs-dir", runs, "--device", a.device]
     t0 = time.perf_counter()
-    run(["teach", "--recipe", "teachers/cifar10-mini_resnet20.toml", "--epochs", str(a.teacher_epochs),
-         "--name", "teacher", *common])
+    recipe = Path(__file__).resolve().parents[1] / "teachers" / "cifar10-mini_resnet20.toml"
+    run(["teach", "--recipe", str(recipe), "--epochs", str(a.teacher_epochs), "--name", "teacher", *common,
+         "--warmup-epochs", str(warmup(a.teacher_epochs)),
+         *(["--model", a.teacher_model] if a.teacher_model else [])])
     run(["evaluate", f"{runs}/teacher", "--device", a.device])
     store = f"{runs}/store.h5"
-    run(["export-soft-labels", "--teacher", f"{runs}/teacher", "--dataset", "cifar10-mini", "--out", store,
+    run(["export-soft-labels", "--teacher", f"{runs}/teacher", *data, "--out", store,
          "--aug", "ricap", "--views", str(a.views), "--view-seed", "0", "--format", "fp16", "--device", a.device])
     run(["store", "info", store])
     student = ["--model", a.student_model, "--epochs", str(a.student_epochs), "--batch-size", "128", "--lr", "0.1",
-               "--nesterov", "--schedule", "cosine", "--warmup-epochs", "1", *common]
+               "--nesterov", "--schedule", "cosine", "--warmup-epochs", str(warmup(a.student_epochs)), *common]
     students = {
         "vanilla": ["--method", "vanilla"],
         "sl": ["--method", "sl", "--store", store],

@@ -285,3 +285,28 @@ def test_both_stages_shard_their_evaluation():
 
     assert _accepts_shard(TeacherTask.eval_batches) and _accepts_shard(StudentTask.eval_batches)
     assert not _accepts_shard(lambda split: None)  # such a task evaluates the whole split per rank
+
+
+@pytest.mark.slow
+def test_add_teacher_on_two_ranks_equals_one_export_with_both(stores, tmp_path):
+    """`store add-teacher` under torchrun deals the chunks out like an export; the joined store
+    is the single-process export with both teachers, byte for byte."""
+    from labelenh.checkpoint import save_checkpoint
+
+    root, _, one = stores
+    g = torch.Generator().manual_seed(5)
+    model = build_model("resnet8", 10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    t2 = tmp_path / "t2.pt"
+    save_checkpoint(t2, {"model_name": "resnet8", "num_classes": 10, "in_chans": 3, "model": model.state_dict()})
+    grown = tmp_path / "grown.h5"
+    shutil.copy(one, grown)
+    r = torchrun("store", "add-teacher", grown, "-t", t2, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    both = tmp_path / "both.h5"
+    c = run_cli("export-soft-labels", "-t", root / "runs" / "t", "-t", t2, "--out", both, *EXPORT)
+    assert c.code == 0, c.err
+    assert_same_store(grown, both)
+    assert find_shards(grown) == []

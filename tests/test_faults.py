@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from clitools import assert_one_line_error, run_cli
+from storetools import contents
 
 from labelenh.checkpoint import read_checkpoint, save_checkpoint
 from labelenh.errors import LabelenhError
@@ -131,12 +132,12 @@ def traced_atomic_write(path, write, **kw):
 ck.atomic_write = traced_atomic_write
 
 in_chunk = []
-fsync = wr.fsync
-def traced_fsync(path):
-    fsync(path)
-    if in_chunk:  # write_chunk's one fsync: between the chunk's data and its flag
+sync_data = wr.sync_data
+def traced_sync_data(fd):
+    sync_data(fd)
+    if in_chunk:  # write_chunk's sync between the chunk's data and its flag
         say("data-synced")
-wr.fsync = traced_fsync
+wr.sync_data = traced_sync_data
 
 write_chunk = wr.StoreWriter.write_chunk
 def traced_write_chunk(self, c, *a):
@@ -301,18 +302,6 @@ def check_stopped(proc: Run, code: int, sig: int) -> None:
 
 
 # ---- export --------------------------------------------------------------------------------
-
-def contents(path: Path) -> dict:
-    """Every dataset's bytes and every attribute (but `created`), for bit-for-bit comparison."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            attrs = {k: repr(v) for k, v in obj.attrs.items() if k != "created"}
-            out[name] = (obj[()].tobytes(), str(obj.dtype), attrs) if isinstance(obj, h5py.Dataset) else attrs
-        out["/"] = {k: repr(v) for k, v in f.attrs.items() if k != "created"}
-        f.visititems(visit)
-    return out
-
 
 def check_flags_are_true(path: Path, ref: Path) -> int:
     """Every chunk flagged as written holds exactly the reference's bytes; returns how many."""

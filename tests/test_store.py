@@ -270,8 +270,8 @@ def test_foreign_truncated_and_damaged_files_are_refused(stores, tmp_path):
     future = tmp_path / "future.h5"
     future.write_bytes(raw)
     with h5py.File(future, "r+") as f:
-        f.attrs["schema"] = 2
-    _refused(future, "schema 2")
+        f.attrs["schema"] = 3
+    _refused(future, "schema 3")
     gone = tmp_path / "gone.h5"
     gone.write_bytes(raw)
     with h5py.File(gone, "r+") as f:

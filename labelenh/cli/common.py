@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.engine import TrainConfig
 from labelenh.errors import LabelenhError
 
@@ -25,33 +26,33 @@ H_RUN = "Run"
 Dataset = Annotated[str | None, typer.Option("--dataset", help="cifar10 | cifar100 | stl10 | fashionmnist | imagenet | folder:PATH | npz:PATH | cifar10-mini | synthetic", rich_help_panel=H_DATA)]
 DataRoot = Annotated[str | None, typer.Option("--data-root", help="Folder holding the dataset in torchvision's on-disk format (never downloaded).", rich_help_panel=H_DATA)]
 ValSplit = Annotated[float | None, typer.Option("--val-split", help="Fraction of train held out for validation/early stopping, in (0, 1).", rich_help_panel=H_DATA)]
-SplitSeed = Annotated[int | None, typer.Option("--split-seed", help="Seed of the validation split.", rich_help_panel=H_DATA)]
+SplitSeed = Annotated[int | None, typer.Option("--split-seed", help=f"Seed of the validation split, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
 Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label noise: symmetric:RATE or pairflip:RATE.", rich_help_panel=H_DATA)]
 NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
-NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help="Seed of the synthetic label noise.", rich_help_panel=H_DATA)]
-ImageSize = Annotated[int | None, typer.Option("--image-size", help="Resize folder/ImageNet images to this size.", rich_help_panel=H_DATA)]
+NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help=f"Seed of the synthetic label noise, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
+ImageSize = Annotated[int | None, typer.Option("--image-size", help=f"Resize folder/ImageNet images to this size, in {B.IMAGE_SIZE.text()}.", rich_help_panel=H_DATA)]
 
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.", rich_help_panel=H_OPT)]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size (per process under torchrun).", rich_help_panel=H_OPT)]
-Lr = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=H_OPT)]
+Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Training epochs, in {B.EPOCHS.text()}.", rich_help_panel=H_OPT)]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help=f"Batch size (per process under torchrun), in {B.BATCH_SIZE.text()}.", rich_help_panel=H_OPT)]
+Lr = Annotated[float | None, typer.Option("--lr", help=f"Peak learning rate, in {B.LR.text()}.", rich_help_panel=H_OPT)]
 Momentum = Annotated[float | None, typer.Option("--momentum", rich_help_panel=H_OPT)]
 Nesterov = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", rich_help_panel=H_OPT)]
-WeightDecay = Annotated[float | None, typer.Option("--weight-decay", rich_help_panel=H_OPT)]
+WeightDecay = Annotated[float | None, typer.Option("--weight-decay", help=f"L2 weight decay, in {B.WEIGHT_DECAY.text()}.", rich_help_panel=H_OPT)]
 Schedule = Annotated[str | None, typer.Option("--schedule", help="multistep | cosine | constant, or a preset: default (240 ep, 150/180/210), long (350 ep, 150/200/250/300).", rich_help_panel=H_OPT)]
 Milestones = Annotated[str | None, typer.Option("--milestones", help="Comma-separated epochs for multistep decay, e.g. 150,180,210.", rich_help_panel=H_OPT)]
 Gamma = Annotated[float | None, typer.Option("--gamma", help="Multistep decay factor.", rich_help_panel=H_OPT)]
 Warmup = Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs.", rich_help_panel=H_OPT)]
-Patience = Annotated[int | None, typer.Option("--patience", help="Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off.", rich_help_panel=H_OPT)]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed of initialisation, data order and augmentation.", rich_help_panel=H_OPT)]
+Patience = Annotated[int | None, typer.Option("--patience", help=f"Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off; in {B.PATIENCE.text()}.", rich_help_panel=H_OPT)]
+Seed = Annotated[int | None, typer.Option("--seed", help=f"Seed of initialisation, data order and augmentation, in {B.SEED.text()}.", rich_help_panel=H_OPT)]
 Amp = Annotated[str | None, typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", rich_help_panel=H_OPT)]
-EceBins = Annotated[int | None, typer.Option("--ece-bins", help="Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE (at least 2).", rich_help_panel=H_OPT)]
+EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.", rich_help_panel=H_OPT)]
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda", rich_help_panel=H_RUN)]
-Name = Annotated[str | None, typer.Option("--name", help="Run folder name under --runs-dir.", rich_help_panel=H_RUN)]
+Name = Annotated[str | None, typer.Option("--name", help="Run folder name under --runs-dir: one path component (no /, \\, .., control characters).", rich_help_panel=H_RUN)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.", rich_help_panel=H_RUN)]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint.", rich_help_panel=H_RUN)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint (--epochs may grow, never shrink).", rich_help_panel=H_RUN)]
 Log = Annotated[list[str] | None, typer.Option("--log", help="Also log every metrics.jsonl field per epoch (and the loss every --log-every steps) to tensorboard (pip install 'labelenh[tensorboard]') or csv (log.csv); repeat or comma-separate. Rank 0 only.", rich_help_panel=H_RUN)]
-LogEvery = Annotated[int, typer.Option("--log-every", help="Optimiser steps between training losses sent to --log.", rich_help_panel=H_RUN)]
+LogEvery = Annotated[int, typer.Option("--log-every", help=f"Optimiser steps between training losses sent to --log, in {B.LOG_EVERY.text()}.", rich_help_panel=H_RUN)]
 
 # Schedule presets from the original papers (ALGORITHMS.md section 4).
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, OutputError
 from labelenh.metrics import DEFAULT_BINS
 
 
@@ -26,7 +27,7 @@ def evaluate(
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help="Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE (at least 2).")] = DEFAULT_BINS,
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.")] = DEFAULT_BINS,
     calibrate_on: Annotated[str | None, typer.Option("--calibrate-on", help="Split to fit the temperature on: val (default when the dataset has one) | none | test (biased: fitted on the split it is scored on, labelled so).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
     diagram: Annotated[Path | None, typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
@@ -38,6 +39,7 @@ def evaluate(
     from labelenh.teach import DataSettings
 
     c.check_val_split(val_split)
+    B.ECE_BINS.check(ece_bins, "--ece-bins")
     path = resolve_checkpoint_path(checkpoint)
     given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
                  noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size)
@@ -69,5 +71,7 @@ def evaluate(
 
         reliability_diagram(logits, labels, out, n_bins=ece_bins, title=f"{path.parent.name} ({split})")
         print(f"reliability diagram: {out}")
+    except OutputError:
+        raise  # a full disk fails the command; only a missing matplotlib is a note
     except LabelenhError as e:
         print(f"labelenh: note: {e}")

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
+from labelenh.cli.viewopts import aug_help, spec_from_flags, with_view_options
 from labelenh.errors import LabelenhError
 
 H_VIEWS = "Views"
@@ -19,20 +21,16 @@ def register(app: typer.Typer) -> None:
     app.command("export-soft-labels")(export_soft_labels_cmd)
 
 
+@with_view_options(H_VIEWS)
 def export_soft_labels_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat for an ensemble (each teacher is stored separately).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The store to write, e.g. store.h5.", rich_help_panel=H_STORE)],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
-    aug: Annotated[str | None, typer.Option("--aug", help="View augmentation: crop-flip | mixup | cutmix | ricap | none.", rich_help_panel=H_VIEWS)] = None,
-    views: Annotated[int, typer.Option("--views", help="Views per sample (needs --aug); 0 = clean logits only.", rich_help_panel=H_VIEWS)] = 0,
-    view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the view recipes.", rich_help_panel=H_VIEWS)] = 0,
-    pad: Annotated[int | None, typer.Option("--pad", help="Random-crop padding (default: the dataset's, 4 for 32x32).", rich_help_panel=H_VIEWS)] = None,
-    mixup_alpha: Annotated[float | None, typer.Option("--mixup-alpha", rich_help_panel=H_VIEWS)] = None,
-    cutmix_beta: Annotated[float | None, typer.Option("--cutmix-beta", rich_help_panel=H_VIEWS)] = None,
-    ricap_beta: Annotated[float | None, typer.Option("--ricap-beta", rich_help_panel=H_VIEWS)] = None,
-    mix_prob: Annotated[float | None, typer.Option("--mix-prob", help="Probability that a mix view mixes at all.", rich_help_panel=H_VIEWS)] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help=f"View augmentation. {aug_help()}.", rich_help_panel=H_VIEWS)] = None,
+    views: Annotated[int, typer.Option("--views", help=f"Views per sample (needs --aug); 0 = clean logits only; in {B.VIEWS.text()}.", rich_help_panel=H_VIEWS)] = 0,
+    view_seed: Annotated[int, typer.Option("--view-seed", help=f"Seed of the view recipes, in {B.SEED.text()}.", rich_help_panel=H_VIEWS)] = 0,
     fmt: Annotated[str, typer.Option("--format", help="fp16 | fp32 | topk:K (K fp16 log-probs + indices + the row's logsumexp).", rich_help_panel=H_STORE)] = "fp16",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk (default 256; a resume reuses the store's). Recorded in the store: forward batches are cut at fixed places, so chunk order and resumes never change the bytes.", rich_help_panel=H_STORE)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
@@ -42,6 +40,7 @@ def export_soft_labels_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the store's final size and write nothing.", rich_help_panel=H_STORE)] = False,
     verify: Annotated[int, typer.Option("--verify", help="After the export, re-run the teachers on this many random stored rows and compare.", rich_help_panel=H_STORE)] = 0,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).", rich_help_panel=c.H_RUN)] = None,
+    view_flags: dict | None = None,
 ) -> None:
     """Run teachers over the train split (clean + replayable views) into an HDF5 soft-label store.
 
@@ -50,19 +49,27 @@ def export_soft_labels_cmd(
     from labelenh.distributed import init_from_env
     from labelenh.store.export import export_soft_labels, human_bytes, load_teachers
     from labelenh.utils import resolve_device
-    from labelenh.views import ViewSpec
 
     if dataset is None:
         raise LabelenhError("--dataset is required: the train split the teachers label (e.g. cifar10, npz:PATH)")
     c.check_val_split(val_split)
-    if views < 0:
-        raise LabelenhError(f"--views must be >= 0, got {views}")
+    B.VIEWS.check(views, "--views")
+    B.SEED.check(view_seed, "--view-seed")
     if aug is not None and views == 0:
         raise LabelenhError(f"--aug {aug} needs --views N (views per sample), e.g. --views 32")
     if views and aug is None:
-        raise LabelenhError(f"--views {views} needs --aug crop-flip|mixup|cutmix|ricap")
-    if batch_size is not None and batch_size < 1:
-        raise LabelenhError(f"--batch-size must be a positive integer, got {batch_size}")
+        from labelenh.views import OPS
+
+        raise LabelenhError(f"--views {views} needs --aug {'|'.join(OPS)}")
+    if view_flags and aug is None:
+        raise LabelenhError(f"{', '.join(view_flags)} set(s) view options: pass --aug and --views too")
+    if aug is not None:
+        probe = spec_from_flags(aug, view_flags or {})  # a bad view option fails before any data is read
+        bad = probe.impl.check_views(probe, views)
+        if bad:
+            raise LabelenhError(f"--aug {aug} --views {views}: {bad}")
+    if batch_size is not None:
+        B.BATCH_SIZE.check(batch_size, "--batch-size")
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
     dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
@@ -71,8 +78,7 @@ def export_soft_labels_cmd(
                           image_size=image_size)
     spec = None
     if views:
-        spec = ViewSpec.parse(aug, pad=bundle.crop_pad if pad is None else pad, mixup_alpha=mixup_alpha,
-                              cutmix_beta=cutmix_beta, ricap_beta=ricap_beta, mix_prob=mix_prob)
+        spec = spec_from_flags(aug, view_flags or {}, defaults={"pad": bundle.crop_pad})
     teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
     meta = {"options": {"val_split": val_split or 0.0, "split_seed": split_seed or 0, "noise": noise,
                         "noisy_labels": noisy_labels, "noise_seed": noise_seed or 0, "image_size": image_size},

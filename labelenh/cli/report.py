@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.metrics import DEFAULT_BINS
 
 
@@ -22,7 +23,7 @@ def report(
     group_by: Annotated[str, typer.Option("--group-by", help="Column that orders the table: method | model | teachers | dataset.")] = "method",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the accuracy-vs-ECE scatter and the training curves.")] = True,
     diagrams: Annotated[bool, typer.Option("--diagrams/--no-diagrams", help="Draw reliability diagrams from each row's first-seed checkpoint (loads the dataset).")] = True,
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help="Equal-width bins of the reliability diagrams (at least 2).")] = DEFAULT_BINS,
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Equal-width bins of the reliability diagrams, in {B.ECE_BINS.text()}.")] = DEFAULT_BINS,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda, for the reliability diagrams' predictions.")] = "auto",
 ) -> None:
     """Tabulate runs: Acc@1, Acc@5, NLL, ECE, ECE after TS, MCE, Brier and T at the last and best

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from labelenh.cli import common as c
+from labelenh.cli.viewopts import aug_names
 from labelenh.errors import LabelenhError
 
 # Flags that set a method parameter; any other parameter goes through --param KEY=VALUE.
@@ -30,7 +31,7 @@ def student(
     method: Annotated[str | None, typer.Option("--method", help=f"Target method: {_method_help()}", rich_help_panel=H_M)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Student model (see `labelenh teach --help`).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Soft-label store from `labelenh export-soft-labels`.", rich_help_panel=H_M)] = None,
-    aug: Annotated[str | None, typer.Option("--aug", help="Train on the store's views: mixup | cutmix | ricap | crop-flip (Aug- methods); their stored logits replace the mixed label. Default: fresh crop/flip views with the clean-sample logits; none: no augmentation. Without --store, the methods that need no teacher draw such views on the fly.", rich_help_panel=H_M)] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help=f"Train on the store's views, as stored (Aug- methods): name the op the store was exported with ({aug_names()}); their stored logits replace the mixed label. Default: fresh crop/flip views with the clean-sample logits; none: no augmentation. Without --store, the methods that need no teacher draw such views on the fly.", rich_help_panel=H_M)] = None,
     teachers: Annotated[str | None, typer.Option("--teachers", help="Comma-separated teacher names inside the store (default: all; several = an ensemble).", rich_help_panel=H_M)] = None,
     teacher: Annotated[list[str] | None, typer.Option("--teacher", help="Online teacher run/checkpoint for `kd` (repeat for an ensemble).", rich_help_panel=H_M)] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="Teacher softmax temperature T.", rich_help_panel=H_M)] = None,

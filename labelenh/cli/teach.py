@@ -8,8 +8,11 @@ from typing import Annotated
 
 import typer
 
+from labelenh import bounds as B
 from labelenh.cli import common as c
+from labelenh.cli.viewopts import aug_names
 from labelenh.distributed import env_rank
+from labelenh.engine import check_run_name
 from labelenh.errors import LabelenhError
 from labelenh.utils import write_json
 
@@ -23,8 +26,8 @@ def teach(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Train one teacher per seed, e.g. 0,1,2 (an ensemble).")] = None,
-    aug: Annotated[str | None, typer.Option("--aug", help="Training views: crop-flip (default) | none | mixup | cutmix | ricap.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.")] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help=f"Training views (default: crop/flip): {aug_names()}.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
@@ -57,6 +60,8 @@ def teach(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    if name is not None:
+        check_run_name(name)
     if v.get("patience") and not v.get("val_split"):
         raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
     data = DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v})
@@ -71,32 +76,44 @@ def teach(
         _print_table(summary["name"], summary["last"]["test"])
         return
     train = c.train_config(v)
-    spec = ViewSpec.parse(v.get("aug", "crop-flip"))
+    spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
                          device=device, log=loggers, log_every=log_every)
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
+    names = {}
+    for s in seed_list:  # every member checked before the first one trains
+        B.SEED.check(s, "--seeds")
+        names[s] = check_run_name(_member_name(name, s, len(seed_list), model_name, data.dataset))
+        if not resume and (Path(runs_dir) / names[s] / "checkpoint.pt").exists():
+            raise LabelenhError(f"run folder {Path(runs_dir) / names[s]} already holds a run: pass --resume "
+                                "to continue it or a new --name")
     members = []
     for s in seed_list:
-        run_name = name if (name and len(seed_list) == 1) else None
-        if name and len(seed_list) > 1:
-            run_name = f"{name}-s{s}"
-        run_name = run_name or default_run_name("teach", model_name, data.dataset, s)
-        settings = replace(base, train=replace(train, seed=s), name=run_name)
+        settings = replace(base, train=replace(train, seed=s), name=names[s])
         summary = train_teacher(settings, resume=resume)
-        members.append(run_name)
-        _print_table(run_name, summary["last"]["test"])
-        print(f"run folder: {Path(runs_dir) / run_name}")
+        members.append(names[s])
+        _print_table(names[s], summary["last"]["test"])
+        print(f"run folder: {Path(runs_dir) / names[s]}")
         if env_rank() == 0:
-            c.note_without_temperature(summary, Path(runs_dir) / run_name)
+            c.note_without_temperature(summary, Path(runs_dir) / names[s])
     if len(seed_list) > 1 and env_rank() == 0:
         index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
         write_json(Path(runs_dir) / index / "ensemble.json",
                    {"members": [str(Path(runs_dir) / m) for m in members], "seeds": seed_list,
                     "model": model_name, "dataset": data.dataset})
         print(f"ensemble index: {Path(runs_dir) / index / 'ensemble.json'}")
+
+
+def _member_name(name: str | None, seed: int, members: int, model: str, dataset: str) -> str:
+    """--name for one teacher, NAME-sSEED for each member of an ensemble, else a default name."""
+    from labelenh.teach import default_run_name
+
+    if name and members > 1:
+        return f"{name}-s{seed}"
+    return name or default_run_name("teach", model, dataset, seed)
 
 
 def _print_table(title: str, m: dict | None) -> None:

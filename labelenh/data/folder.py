@@ -61,6 +61,18 @@ def decode(path: Path, size: int) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as e:
+        raise LabelenhError(f"cannot read image {path}: {e}") from e
+    return h, w
+
+
 class FolderImages:
     """One split of an image folder, decoded lazily with PIL to uint8 [3, S, S].
 
@@ -89,6 +101,7 @@ class FolderImages:
         self.image_size = int(image_size)
         self.image_shape: tuple[int, int, int] = (3, self.image_size, self.image_size)
         self._fingerprint: str | None = None
+        self._sizes: dict[int, tuple[int, int]] = {}  # original (H, W) of the files read so far
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,6 +115,30 @@ class FolderImages:
         for j, i in enumerate(idx):
             out[j] = decode(self.root / self.paths[i], self.image_size)
         return torch.from_numpy(out)
+
+    def original_sizes(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
+        """int64 [B, 2]: (height, width) of the files themselves (their headers, read once each),
+        for augmentations that crop the original image (RandomResizedCrop)."""
+        idx = as_index(torch.as_tensor(np.asarray(indices)), len(self)).tolist()
+        out = np.empty((len(idx), 2), dtype=np.int64)
+        for j, i in enumerate(idx):
+            if i not in self._sizes:
+                self._sizes[i] = _header_size(self.root / self.paths[i])
+            out[j] = self._sizes[i]
+        return out
+
+    def load_original(self, index: int) -> torch.Tensor:
+        """uint8 [3, H, W]: one file decoded at its own size (RGB)."""
+        from PIL import Image
+
+        path = self.root / self.paths[int(index)]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
+        except (OSError, ValueError) as e:
+            raise LabelenhError(f"cannot decode image {path}: {e}") from e
+        self._sizes[int(index)] = (arr.shape[0], arr.shape[1])
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelenh import bounds as B
 from labelenh.data.safepickle import load_numpy_pickle
 from labelenh.errors import LabelenhError
 
@@ -273,6 +274,11 @@ def read_npz(path: str | Path) -> Arrays:
             raise LabelenhError(f"npz: {p}: '{key}' has a negative label")
         ys.append(y.astype(np.int64))
     k = int(max(ys[0].max(initial=-1), ys[1].max(initial=-1))) + 1
+    if k > B.NUM_CLASSES.hi:  # before a list of k class names or a k-way model is allocated
+        raise LabelenhError(
+            f"npz: {p}: label {k - 1} means {k} classes, more than {B.NUM_CLASSES.text()} allows; "
+            "labels must be class indices 0..K-1"
+        )
     if "classes" in arrs:
         classes = [_as_text(c) for c in arrs["classes"].reshape(-1)]
         if len(classes) < k:

@@ -62,21 +62,29 @@ def parse_noise(spec: str) -> tuple[str, float]:
 def transition_matrix(kind: str, eps: float, num_classes: int) -> torch.Tensor:
     """Row-stochastic P [K, K] with P[i, j] = P(noisy = j | clean = i)."""
     k = num_classes
+    _check_kind(kind, k)
+    if kind == "symmetric":
+        p = torch.full((k, k), eps / (k - 1), dtype=torch.float64)
+    else:
+        p = torch.zeros((k, k), dtype=torch.float64)
+        p[torch.arange(k), torch.tensor(PAIRFLIP_CIFAR10)] = eps
+    p.fill_diagonal_(1.0 - eps)
+    return p
+
+
+def _check_kind(kind: str, k: int) -> None:
+    """The noise kind exists and is defined for K classes (without building the K x K matrix,
+    which for many classes would not fit in memory)."""
     if kind == "symmetric":
         if k < 2:
             raise LabelenhError("symmetric noise needs at least 2 classes")
-        p = torch.full((k, k), eps / (k - 1), dtype=torch.float64)
     elif kind == "pairflip":
         if k != 10:
             raise LabelenhError(
                 f"pairflip noise is defined for CIFAR-10's 10 classes only, got {k}; use symmetric:EPS"
             )
-        p = torch.zeros((k, k), dtype=torch.float64)
-        p[torch.arange(k), torch.tensor(PAIRFLIP_CIFAR10)] = eps
     else:
         raise LabelenhError(f"unknown noise kind '{kind}': use symmetric or pairflip")
-    p.fill_diagonal_(1.0 - eps)
-    return p
 
 
 def apply_noise(labels: torch.Tensor, spec: str, num_classes: int, seed: int) -> torch.Tensor:
@@ -86,7 +94,7 @@ def apply_noise(labels: torch.Tensor, spec: str, num_classes: int, seed: int) ->
     K-1 classes (symmetric) or to its CIFAR-10 partner (pairflip), never to itself.
     """
     kind, eps = parse_noise(spec)
-    transition_matrix(kind, eps, num_classes)  # validates K for the kind
+    _check_kind(kind, num_classes)
     y = labels.to(device="cpu", dtype=torch.int64)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise LabelenhError(f"labels outside [0, {num_classes}) cannot be noised")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from labelenh import bounds as B
 from labelenh.data import formats
 from labelenh.data.base import DatasetBundle, TensorImages, channel_stats, resize_geometry
 from labelenh.data.folder import FolderImages, read_folder
@@ -200,6 +201,9 @@ def _synthetic(arg: str, root: Path | None, image_size: int | None) -> Loaded:
     k = nums[0] if nums else 10
     per_class = nums[1] if len(nums) > 1 else 50
     size = image_size if image_size is not None else 32
+    B.NUM_CLASSES.check(k, f"synthetic:{arg}: the class count")
+    B.SYNTHETIC_TRAIN_VALUES.check(k * per_class * 3 * size * size,
+                                   f"synthetic:{arg} at {size}x{size}: its train values (samples x 3 x size^2)")
     x_train, y_train, x_test, y_test = make_synthetic(k, size, per_class)
     train, test = TensorImages(x_train, y_train), TensorImages(x_test, y_test)
     return Loaded(train, test, [f"class{i}" for i in range(k)], channel_stats(x_train))
@@ -274,10 +278,10 @@ def load_dataset(
         vs = math.nan
     if not 0.0 <= vs < 1.0:
         raise LabelenhError(f"val split must be a fraction in [0, 1), got {val_split}")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
-        raise LabelenhError(f"image size must be a positive integer, got {image_size}")
+    if image_size is not None:
+        B.IMAGE_SIZE.check(image_size, "--image-size")
+    B.SEED.check(split_seed, "--split-seed")
+    B.SEED.check(noise_seed, "--noise-seed")
     noise = None if noise is None or noise.strip().lower() in ("", "none") else noise.strip()
     if noise is not None and noisy_labels:
         raise LabelenhError("give either synthetic noise (--noise) or a noisy-label file, not both")
@@ -291,6 +295,7 @@ def load_dataset(
 
     classes, train = loaded.classes, loaded.train
     k = len(classes)
+    B.NUM_CLASSES.check(k, f"{spec}: the class count")
     for split, src in (("train", loaded.train), ("test", loaded.test)):
         if len(src) and int(src.labels.max()) >= k:
             raise LabelenhError(

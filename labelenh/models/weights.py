@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, one_line
 
 # DataParallel/DDP save under "module.", torch.compile under "_orig_mod."
 _PREFIXES = ("module.", "_orig_mod.")
@@ -74,7 +74,10 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str, num_cla
         raise LabelenhError(f"{where}: missing {_few(missing)}")
     if extra:
         raise LabelenhError(f"{where}: unexpected {_few(extra)}")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype that cannot be copied
+        raise LabelenhError(f"{where}: {one_line(e)}") from None
 
 
 def _few(keys: list[str], n: int = 3) -> str:

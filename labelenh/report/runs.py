@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labelenh.errors import LabelenhError
-from labelenh.student import MIXING_OPS  # a student with one of these --aug is "aug-<method>"
+from labelenh.views import augments  # a student whose --aug changes the image is "aug-<method>"
 
 # The table's metrics; runs made before metrics after temperature scaling existed show a dash
 # for ece_ts and temperature.
@@ -99,7 +99,7 @@ def method_label(config: dict[str, Any]) -> str:
     if config.get("stage") in TEACHER_STAGES:
         return "teacher"
     method = str(config.get("method") or "vanilla")
-    return f"aug-{method}" if config.get("aug") in MIXING_OPS else method
+    return f"aug-{method}" if augments(config.get("aug")) else method
 
 
 def teachers_label(config: dict[str, Any]) -> str:

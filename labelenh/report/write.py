@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labelenh.errors import LabelenhError
-from labelenh.metrics import check_bins
+from labelenh import bounds as B
+from labelenh.errors import LabelenhError, OutputError
 from labelenh.report import figures
 from labelenh.report.runs import collect_runs
 from labelenh.report.table import Row, aggregate, to_csv, to_markdown, to_tidy_csv
@@ -46,7 +46,7 @@ def write_report(
     becomes a note; the tables are still written."""
     if fmt not in FORMATS:
         raise LabelenhError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    check_bins(n_bins)
+    B.ECE_BINS.check(n_bins, "--ece-bins")
     notes: list[str] = []
     records = collect_runs(paths, notes)
     rows = aggregate(records, group_by=group_by)
@@ -70,6 +70,8 @@ def write_report(
     for what, draw in drawers:
         try:
             path = draw()
+        except OutputError:
+            raise  # a full disk is a failure of the report, not a missing figure
         except LabelenhError as e:
             notes.append(f"{what} not written: {e}")
             continue

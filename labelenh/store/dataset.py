@@ -144,7 +144,7 @@ class StoreBatches:
         if spec is None:
             from labelenh.data.registry import default_crop_pad
 
-            spec = ViewSpec("crop-flip", pad=default_crop_pad(h))
+            spec = ViewSpec.build(ViewSpec().op, {"pad": default_crop_pad(h)})  # the default: crop/flip
         self.spec = spec
         self.view_seed = derive_seed(self.seed, "student-views")  # seed of the fresh views
 
@@ -171,7 +171,7 @@ class StoreBatches:
             return self.store.recipes(samples, views)
         # a fresh view per (sample, epoch): the epoch is the view id
         return sample_views(len(self), epoch + 1, self.spec, self.view_seed, self.image_size,
-                            samples=samples, views=torch.tensor([epoch]))
+                            samples=samples, views=torch.tensor([epoch]), source=self.source)
 
     def batch(self, samples: torch.Tensor, epoch: int) -> tuple[torch.Tensor, MethodInputs]:
         """(images float32 [B, C, H, W] in 0..255, MethodInputs) for sample indices [B]."""

@@ -134,10 +134,13 @@ class TeacherRunner:
     on CUDA; refuses NaN/Inf logits and logits of the wrong width."""
 
     def __init__(self, teachers: list[Teacher], source: Any, *, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str) -> None:
+                 mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str,
+                 stored: Any = None) -> None:
         from labelenh.data import TensorImages
 
         self.teachers = teachers
+        # a store derived from stores (labelenh.store.derive): chunks come from there
+        self.stored = stored
         self.device = device
         self.amp = amp
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -249,7 +252,7 @@ def export_soft_labels(
     out = Path(out)
     if out.is_dir():
         raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
-    rank, world = dist.rank(), dist.world_size()
+    rank = dist.rank()
     if chunk_size is None:
         # rank 0 decides: the others may not open the store while rank 0 holds it open
         chunk_size = dist.broadcast_object(
@@ -265,12 +268,21 @@ def export_soft_labels(
                        dataset_meta=dataset_meta)
     if dry_run:
         return ExportResult(out, estimate_size(plan), plan.num_chunks, dry_run=True, plan=plan)
-    if world > 1:
-        _check_same_plan(plan)
-
-    t0 = time.perf_counter()
     runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
                            device=device, amp=amp)
+    return write_plan(out, plan, runner, spec, overwrite=overwrite, verify=verify, progress=progress,
+                      on_chunk=on_chunk, seed=view_seed)
+
+
+def write_plan(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, *, overwrite: bool = False,
+               verify: int = 0, progress: bool = False, on_chunk: Callable[[int], None] | None = None,
+               seed: int = 0) -> ExportResult:
+    """Write (or resume, or find complete) the store `out` of `plan`, its chunks computed by
+    `runner`: locking, staging under `overwrite`, shards under torchrun, resume, completion."""
+    rank, world = dist.rank(), dist.world_size()
+    if world > 1:
+        _check_same_plan(plan)
+    t0 = time.perf_counter()
     result = ExportResult(out, 0, plan.num_chunks, plan=plan)
     lock = ExportLock(out) if rank == 0 else None
     writer: StoreWriter | None = None
@@ -292,7 +304,8 @@ def export_soft_labels(
                 writer, done = _open_for_writing(target, plan, state)
             except LabelenhError as e:
                 msg = str(e)
-        msg, state, done, target = dist.broadcast_object((msg, state, done, target))
+        # the store's schema too: resuming a schema-1 store writes it as schema 1
+        msg, state, done, target, plan.schema = dist.broadcast_object((msg, state, done, target, plan.schema))
         if msg is not None:
             raise LabelenhError(msg)
         result.already_complete = state == "complete" and target == out  # else: renamed below
@@ -327,7 +340,7 @@ def export_soft_labels(
             result.size_bytes = out.stat().st_size
         result.seconds = time.perf_counter() - t0
         if verify and rank == 0:
-            result.verify = verify_rows(out, runner, verify, seed=view_seed)
+            result.verify = verify_rows(out, runner, verify, seed=seed)
     except OSError as e:  # a full disk or a read-only folder while writing chunks
         kept = "the chunks already written are kept: rerun the same command to resume"
         if target != out:
@@ -458,6 +471,13 @@ def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
     except LabelenhError as e:
         raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
     old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
+    from labelenh.views.spec import same_spec
+
+    if same_spec(old.get("view_spec"), new.get("view_spec")):  # a schema-1 dict names every op's options
+        old["view_spec"] = new["view_spec"]
+    if attrs.get("schema") == 1 and {**new, "schema": 1} == old:
+        plan.schema = 1  # an earlier version's store: finish it in its own layout (no checksums)
+        new = old
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise LabelenhError(
@@ -503,6 +523,8 @@ def _write_chunks(writer: StoreWriter, plan: StorePlan, runner: TeacherRunner, s
 def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
                   ) -> tuple[np.ndarray, np.ndarray | None, dict[str, TeacherChunk]]:
     """(labels [B], recipe records [B, V] or None, per-teacher outputs) of chunk c."""
+    if runner.stored is not None:
+        return runner.stored.compute_chunk(plan, runner, c)
     s0, s1 = plan.chunk_bounds(c)
     b, v, cs = s1 - s0, plan.num_views, plan.chunk_size
     idx = torch.arange(s0, s1)
@@ -513,7 +535,8 @@ def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
     if v:
         from labelenh.views import sample_views
 
-        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx)
+        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx,
+                           source=runner.source)
         records = rec.to_struct(spec).reshape(b, v)
         for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
             zs = runner.forward(runner.view_images(rec[i:i + cs]), f"views of samples {s0}..{s1 - 1}")
@@ -678,4 +701,5 @@ def human_bytes(n: float) -> str:
 
 
 __all__ = ["ExportResult", "Teacher", "TeacherRunner", "export_soft_labels", "human_bytes",
-           "load_teachers", "plan_export", "teacher_from_model", "verify_rows", "weights_sha256"]
+           "load_teachers", "plan_export", "teacher_from_model", "verify_rows", "weights_sha256",
+           "write_plan"]

@@ -12,9 +12,12 @@ import numpy as np
 from labelenh.errors import LabelenhError
 from labelenh.store.reader import (
     check_structure,
+    checksum_problems,
     content_problems,
+    has_checksums,
     logit_format,
     open_h5,
+    read_errors,
     read_root_attrs,
 )
 from labelenh.store.schema import TEACHER_JSON_ATTRS, bytes_per_view, decode_attrs
@@ -23,6 +26,11 @@ from labelenh.store.schema import TEACHER_JSON_ATTRS, bytes_per_view, decode_att
 def store_info(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary: schema, sizes, views, format, teachers and their metrics, top-k error."""
     path = Path(path)
+    with read_errors(path):
+        return _store_info(path)
+
+
+def _store_info(path: Path) -> dict[str, Any]:
     with open_h5(path, locking=False) as f:  # also while an export runs: shows its progress
         a = read_root_attrs(f, path)
         fmt = logit_format(a)
@@ -49,6 +57,9 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "complete": bool(a["complete"]), "created": a.get("created"),
         "labelenh_version": a.get("labelenh_version"), "git_commit": a.get("git_commit"),
         "compute": a.get("compute"), "teachers": teachers,
+        "checksum": a.get("checksum") if has_checksums(a) else None,
+        "provenance": a.get("provenance"),
+        "pending": _pending(path),
         "bytes_per_view": {**per, "total": per["per_teacher"] * len(teachers) + per["recipe"]} if v else None,
         "bytes_per_clean_row": per["per_teacher"] * len(teachers),
     }
@@ -77,6 +88,16 @@ def format_info(info: dict[str, Any]) -> str:
         b = info["bytes_per_view"]
         lines.append(f"bytes/view   {b['total']} = {b['per_teacher']} per teacher x {len(info['teachers'])} + {b['recipe']} recipe")
     lines.append(f"complete     {'yes' if info['complete'] else 'NO'} ({info['chunks_done']}/{info['num_chunks']} chunks)")
+    lines.append("checksums    " + (f"{info['checksum']} per chunk and dataset (`labelenh store verify` checks them)"
+                                    if info.get("checksum") else
+                                    "none (a schema 1 store: bit rot cannot be detected; re-export to add them)"))
+    if info.get("provenance"):
+        p = info["provenance"]
+        lines.append(f"made by      store {p.get('operation')} from " + ", ".join(
+            f"{s.get('path')} ({', '.join(s.get('teachers') or [])})" for s in p.get("sources") or []))
+    if info.get("pending"):
+        lines.append(f"pending      an interrupted add-teacher or --overwrite: {info['pending']} "
+                     "(rerun the same command to finish it; this store is unchanged until then)")
     lines.append("teachers")
     topk = info["format"].startswith("topk")
     for t in info["teachers"]:
@@ -88,10 +109,17 @@ def format_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: str) -> dict[str, Any]:
-    """Structure, completeness, fingerprint/N/C/labels against `source`, a NaN/Inf scan of every
-    logit, index ranges. Raises LabelenhError naming every problem on one line."""
+def verify_store(path: str | Path, source: Any = None, *, num_classes: int | None = None,
+                 dataset: str | None = None) -> dict[str, Any]:
+    """Structure, completeness, every written chunk's checksums (schema 2), fingerprint/N/C/labels
+    against `source` (skipped when None), a NaN/Inf scan of every logit, index ranges. Raises
+    LabelenhError naming every problem on one line."""
     path = Path(path)
+    with read_errors(path):
+        return _verify_store(path, source, num_classes=num_classes, dataset=dataset)
+
+
+def _verify_store(path: Path, source: Any, *, num_classes: int | None, dataset: str | None) -> dict[str, Any]:
     problems: list[str] = []
     with open_h5(path) as f:
         a = read_root_attrs(f, path)
@@ -100,8 +128,10 @@ def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: st
         prog = f["progress"][()]
         if not bool(a["complete"]) or not prog.all():
             problems.append(f"incomplete ({int(prog.sum())}/{prog.size} chunks; rerun the export to finish it)")
-        fp = source.fingerprint()
-        if fp != a["fingerprint"] or len(source) != n or num_classes != c:
+        fp = source.fingerprint() if source is not None else a["fingerprint"]
+        if source is None:
+            pass  # integrity only: the caller named no dataset
+        elif fp != a["fingerprint"] or len(source) != n or num_classes != c:
             problems.append(
                 f"it was made for {a['dataset']} (fingerprint {a['fingerprint'][:8]}…, N={n}, C={c}) but the dataset is "
                 f"{dataset} (fingerprint {fp[:8]}…, N={len(source)}, C={num_classes}); pass the matching "
@@ -118,12 +148,27 @@ def verify_store(path: str | Path, source: Any, *, num_classes: int, dataset: st
                 decode_attrs(f[f"teachers/{t}"].attrs, TEACHER_JSON_ATTRS)
             except LabelenhError as e:
                 problems.append(f"teacher {t}: {e}")
-        found, scanned = content_problems(f.__getitem__, a)  # NaN/Inf, index ranges, recipes
-        problems += found
+        damaged = checksum_problems(f.__getitem__, a)  # every written chunk of every dataset
+        problems += damaged
+        if not damaged:  # damaged bytes may hold anything: the checksum line says it all
+            found, scanned = content_problems(f.__getitem__, a)  # NaN/Inf, index ranges, recipes
+            problems += found
     if problems:
-        raise LabelenhError(f"store {path} failed verification: {'; '.join(problems)}")
+        fix = (" (bit rot or a bad copy): restore it from a good copy or re-export it with --overwrite"
+               if damaged else "")
+        raise LabelenhError(f"store {path} failed verification: {'; '.join(problems)}{fix}")
+    checks = (f"crc32 of {int(prog.sum())} chunks" if has_checksums(a) else
+              "none: a schema 1 store carries no checksums, so bit rot cannot be detected; re-export it to add them")
     return {"path": str(path), "ok": True, "num_samples": n, "num_classes": c, "num_views": v,
-            "values_scanned": scanned, "fingerprint": a["fingerprint"]}
+            "values_scanned": scanned, "fingerprint": a["fingerprint"], "schema": a["schema"],
+            "checksums": checks}
+
+
+def _pending(path: Path) -> str | None:
+    from labelenh.store.export import staging_path
+
+    p = staging_path(path)
+    return str(p) if p.exists() else None
 
 
 def _num(x: Any) -> float | None:

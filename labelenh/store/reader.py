@@ -11,9 +11,12 @@ Two modes, identical results:
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -21,17 +24,55 @@ import torch
 
 from labelenh.errors import LabelenhError
 from labelenh.store.schema import (
+    CHECKSUM,
     FORMAT,
-    SCHEMA,
+    READ_SCHEMAS,
     TEACHER_JSON_ATTRS,
     LogitFormat,
     TeacherRecord,
+    attrs_digest,
+    checksummed,
+    chunk_rows,
+    crc32,
     decode_attrs,
     teacher_datasets,
 )
 from labelenh.store.topk import topk_dense
 
 DEFAULT_PRELOAD_BYTES = 2 << 30
+
+# What HDF5, h5py and numpy raise on a damaged or hand-made file, wherever they meet it: inside
+# `read_errors` each becomes one LabelenhError line.
+READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError,
+               UnicodeError, OverflowError, MemoryError, EOFError)
+
+
+@contextmanager
+def read_errors(path: str | Path) -> Iterator[None]:
+    """The error boundary around every read of a store: any h5py/HDF5/numpy error from a
+    damaged or malformed file becomes one LabelenhError naming the file and the fix."""
+    try:
+        yield
+    except LabelenhError:
+        raise
+    except READ_ERRORS as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise LabelenhError(
+            f"store {path} is damaged and cannot be read ({type(e).__name__}: {first or 'no detail'}): "
+            "restore it from a good copy or re-export it with --overwrite"
+        ) from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(method: F) -> F:
+    """`read_errors` around a SoftLabelStore method (lazy stores read the file in any of them)."""
+    @functools.wraps(method)
+    def wrapper(self: SoftLabelStore, *args: Any, **kwargs: Any) -> Any:
+        with read_errors(self.path):
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def open_h5(path: str | Path, mode: str = "r", *, locking: bool | None = None) -> h5py.File:
@@ -69,10 +110,21 @@ def read_root_attrs(f: h5py.File, path: str | Path) -> dict[str, Any]:
         raise LabelenhError(
             f"{path} is not a labelenh soft-label store (HDF5 without format={FORMAT!r}): pass a file written by export-soft-labels"
         )
-    if attrs.get("schema") != SCHEMA:
+    if attrs.get("schema") not in READ_SCHEMAS:
         raise LabelenhError(
-            f"store {path} has schema {attrs.get('schema')!r} but this labelenh reads schema {SCHEMA}: re-export it with this version"
+            f"store {path} has schema {attrs.get('schema')!r} but this labelenh reads schemas "
+            f"{', '.join(map(str, READ_SCHEMAS))}: open it with the labelenh that wrote it, or re-export it"
         )
+    if attrs["schema"] >= 2:
+        if attrs.get("checksum") != CHECKSUM:
+            raise LabelenhError(f"store {path}: attribute checksum = {attrs.get('checksum')!r} is not "
+                                f"{CHECKSUM!r}: the file is damaged; re-export it")
+        stored = attrs.get("attrs_crc32")
+        if not isinstance(stored, int) or isinstance(stored, bool) or stored != attrs_digest(f):
+            raise LabelenhError(
+                f"store {path}: its attributes fail their checksum (attrs_crc32): the file is damaged "
+                "(bit rot or a bad copy); restore it from a good copy or re-export it with --overwrite"
+            )
     missing = [k for k in ("num_samples", "num_classes", "num_views", "teachers", "logit_format",
                            "topk", "chunk_size", "num_chunks", "fingerprint", "dataset", "complete")
                if k not in attrs]
@@ -143,7 +195,53 @@ def expected_datasets(attrs: dict[str, Any]) -> list[tuple[str, tuple[int, ...],
         out.append(("views/recipes", (n, v), None))
     for name in attrs["teachers"]:
         out += teacher_datasets(name, n, c, v, fmt, chunks)
+    if has_checksums(attrs):
+        out.append(("checksums", (chunks, len(checksummed(out))), np.dtype("<u4")))
     return out
+
+
+def has_checksums(attrs: dict[str, Any]) -> bool:
+    return int(attrs["schema"]) >= 2
+
+
+def checksum_problems(get: Callable[[str], Any], attrs: dict[str, Any],
+                      chunks: np.ndarray | None = None) -> list[str]:
+    """Chunks whose bytes in some dataset differ from their stored CRC-32 (every written chunk,
+    or only `chunks`). `get(name)` returns an h5py dataset, a memory map or an array; a dataset
+    is read a block of whole chunks at a time, so memory stays bounded."""
+    if not has_checksums(attrs):
+        return []
+    n, cs = int(attrs["num_samples"]), int(attrs["chunk_size"])
+    sums = np.asarray(get("checksums")[()], dtype=np.uint32)  # [chunks, D]
+    written = np.asarray(get("progress")[()]).astype(bool)
+    todo = np.flatnonzero(written) if chunks is None else np.asarray(chunks, dtype=np.int64)
+    problems: list[str] = []
+    for d, (name, _, _) in enumerate(checksummed(expected_datasets(attrs))):
+        arr = get(name)
+        per_chunk = max(1, _rows_per_read(arr) // (1 if name.endswith("/topk_kl") else cs))
+        for i in range(0, len(todo), per_chunk):
+            group = todo[i:i + per_chunk]
+            first, _ = chunk_rows(name, int(group[0]), cs, n)
+            _, last = chunk_rows(name, int(group[-1]), cs, n)
+            block = np.ascontiguousarray(arr[first:last])
+            for c in group:
+                a, b = chunk_rows(name, int(c), cs, n)
+                if crc32(block[a - first:b - first]) != int(sums[c, d]):
+                    problems.append(chunk_damage(name, int(c), cs, n))
+    return problems
+
+
+def chunk_damage(name: str, c: int, cs: int, n: int) -> str:
+    a, b = c * cs, min(n, (c + 1) * cs)
+    return f"chunk {c} (samples {a}..{b - 1}) of /{name} fails its checksum"
+
+
+def damage_error(path: str | Path, problems: list[str]) -> LabelenhError:
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return LabelenhError(
+        f"store {path} is damaged: {shown} (bit rot or a bad copy): restore it from a good copy or "
+        "re-export it with --overwrite (`labelenh store verify` lists every problem)"
+    )
 
 
 def logit_format(attrs: dict[str, Any]) -> LogitFormat:
@@ -260,6 +358,11 @@ class SoftLabelStore:
         self._arrays: dict[str, Any] = arrays or {}
         self._pid = os.getpid()
         self._h5: h5py.File | None = None
+        # Lazy stores: the stored CRC-32 of every (chunk, dataset) and the pairs checked so far
+        # in this process — each chunk of each dataset is checked once, when first read.
+        self._sums: np.ndarray | None = None
+        self._columns = {name: d for d, (name, _, _) in enumerate(checksummed(expected_datasets(attrs)))}
+        self._checked: dict[str, np.ndarray] = {}  # dataset -> bool [chunks] checked
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -271,6 +374,11 @@ class SoftLabelStore:
         Refuses (LabelenhError) files that are missing, not HDF5, not a store, truncated,
         damaged or incomplete."""
         path = Path(path)
+        with read_errors(path):
+            return cls._open(path, preload, max_preload_bytes)
+
+    @classmethod
+    def _open(cls, path: Path, preload: bool | None, max_preload_bytes: int) -> SoftLabelStore:
         with open_h5(path) as f:
             attrs = read_root_attrs(f, path)
             check_structure(f, attrs, path)
@@ -291,14 +399,20 @@ class SoftLabelStore:
             if preload is None:
                 preload = total <= max_preload_bytes
             arrays = {name: f[name][()] for name in layout} if preload else None
+            sums = f["checksums"][()] if has_checksums(attrs) else None
         if arrays is not None:
             # In memory anyway: refuse damaged contents now, before a run writes anything.
-            # (Lazy stores are checked batch by batch as they are read.)
+            # (Lazy stores are checked chunk by chunk as they are first read.)
+            problems = checksum_problems(arrays.__getitem__, attrs)
+            if problems:
+                raise damage_error(path, problems)
             problems, _ = content_problems(arrays.__getitem__, attrs)
             if problems:
                 raise LabelenhError(f"store {path} is damaged: {'; '.join(problems)}: re-export it "
                                     "(`labelenh store verify` lists every problem)")
-        return cls(path, attrs, teacher_attrs, layout, arrays)
+        store = cls(path, attrs, teacher_attrs, layout, arrays)
+        store._sums = sums
+        return store
 
     def __enter__(self) -> SoftLabelStore:
         return self
@@ -364,11 +478,13 @@ class SoftLabelStore:
 
     # ---- gathering -------------------------------------------------------------------------
 
+    @_guarded
     def clean_logits(self, samples: torch.Tensor, teachers: list[str] | list[int] | None = None) -> torch.Tensor:
         """float32 [B, M, C]: the teachers' logits of the clean samples."""
         s = self._samples(samples)
         return self._gather("clean", s, self._teacher_names(teachers))
 
+    @_guarded
     def view_logits(self, samples: torch.Tensor, views: torch.Tensor | int,
                     teachers: list[str] | list[int] | None = None) -> torch.Tensor:
         """float32 [B, M, C]: the teachers' logits of view views[b] of sample samples[b]."""
@@ -378,6 +494,7 @@ class SoftLabelStore:
         v = self._views(views, len(s))
         return self._gather("views", s * self.num_views + v, self._teacher_names(teachers))
 
+    @_guarded
     def logits(self, samples: torch.Tensor, views: torch.Tensor | int | None = None,
                teachers: list[str] | list[int] | None = None) -> torch.Tensor:
         """float32 [B, M, C]: view logits, with view id -1 (or views=None) meaning the clean sample."""
@@ -394,6 +511,7 @@ class SoftLabelStore:
             out[torch.from_numpy(~clean)] = self._gather("views", s[~clean] * self.num_views + v[~clean], names)
         return out
 
+    @_guarded
     def recipes(self, samples: torch.Tensor, views: torch.Tensor | int):
         """`Recipes` of view views[b] of sample samples[b] (replay them with apply_views)."""
         from labelenh.views import Recipes
@@ -406,9 +524,11 @@ class SoftLabelStore:
         return Recipes.from_struct(rec, self.view_spec, self.image_size, samples=s, views=v,
                                    num_samples=self.num_samples)
 
+    @_guarded
     def labels(self, samples: torch.Tensor | None = None) -> torch.Tensor:
         """int64 [B] stored hard labels (all N when samples is None)."""
         if samples is None:
+            self._check_chunks("labels", np.arange(self.num_samples))
             return torch.from_numpy(np.array(self._array("labels")))
         return torch.from_numpy(np.ascontiguousarray(self._take("labels", self._samples(samples))))
 
@@ -490,11 +610,30 @@ class SoftLabelStore:
             self._arrays[name] = arr
         return arr
 
+    def _check_chunks(self, name: str, samples: np.ndarray) -> None:
+        """A lazy store's checksums of the chunks of `name` that hold `samples`, once each."""
+        if self._preloaded or self._sums is None or name not in self._columns:
+            return
+        cs, n = int(self.attrs["chunk_size"]), self.num_samples
+        checked = self._checked.get(name)
+        if checked is None:
+            checked = self._checked[name] = np.zeros(self._sums.shape[0], dtype=bool)
+        chunks = samples // cs
+        if checked[chunks].all():  # the common case after the first epoch: nothing to do
+            return
+        arr = self._array(name)
+        for c in np.unique(chunks[~checked[chunks]]).tolist():
+            a, b = chunk_rows(name, c, cs, n)
+            if crc32(np.asarray(arr[a:b])) != int(self._sums[c, self._columns[name]]):
+                raise damage_error(self.path, [chunk_damage(name, c, cs, n)])
+            checked[c] = True
+
     def _take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of a dataset by flat leading index (sample, or sample * V + view)."""
         arr = self._array(name)
         parts = name.split("/")
         lead = 2 if parts[0] == "views" or (parts[0] == "teachers" and parts[2] == "views") else 1
+        self._check_chunks(name, rows // self.num_views if lead == 2 else rows)
         if isinstance(arr, np.ndarray):
             flat = arr.reshape(-1, *arr.shape[lead:]) if lead == 2 else arr
             if self._preloaded:

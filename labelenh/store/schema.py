@@ -1,23 +1,30 @@
-"""The soft-label store, schema v1: one HDF5 file per (dataset split, set of teachers).
+"""The soft-label store, schema v2: one HDF5 file per (dataset split, set of teachers).
 
-Every dataset is written contiguous and allocated when the file is created, so the file has its
-final size from the start, an export only ever overwrites raw bytes in place (no HDF5 metadata
-changes until the final `complete` flag), and a reader can map any array straight from the file.
-Attributes hold plain values or JSON text; they are parsed, never evaluated.
+Every dataset is written contiguous and allocated when the file is created, and the file's
+whole extent is reserved on the disk then (`posix_fallocate`), so a full disk is refused before
+any work and never met half-way. An export only ever overwrites raw bytes at the datasets' fixed
+offsets (`os.pwrite`, no HDF5 call, no metadata change until the final `complete` flag), and a
+reader can map any array straight from the file. Attributes hold plain values or JSON text; they
+are parsed, never evaluated.
+
+Integrity (schema 2): each chunk's bytes in every dataset carry a CRC-32 (`/checksums`), written
+with the chunk before its progress flag and checked by `store verify` (every chunk) and by a
+reader (each chunk once, as it is first read); the root and teacher attributes fixed at creation
+carry one CRC-32 (`attrs_crc32`; all but the `created` time). Schema 1 stores (no checksums) still open, resume and replay.
 
 Root attributes
 
 | attribute        | type        | meaning                                                          |
 |------------------|-------------|------------------------------------------------------------------|
 | format           | str         | "labelenh.softlabels"                                            |
-| schema           | int         | 1                                                                |
+| schema           | int         | 2 (1: the same without checksums and attrs_crc32)                |
 | dataset          | str         | dataset name, e.g. "cifar10", "npz:/data/x.npz"                  |
 | fingerprint      | str         | ImageSource.fingerprint() of the train split (labels + samples)  |
 | dataset_meta     | JSON        | the dataset's meta (val split/seed, noise spec, sizes, ...)      |
 | num_samples      | int         | N, rows of the train split                                       |
 | num_classes      | int         | C                                                                |
 | num_views        | int         | V, augmented views per sample (0: clean logits only)             |
-| view_spec        | JSON        | ViewSpec.to_dict() of the views, "null" when V = 0               |
+| view_spec        | JSON        | the views' spec: {"op", its options, "base": {...}}, "null" when V = 0 (schema-1 stores: a flat dict of every op's options, read as meant) |
 | view_seed        | int         | seed the recipes were drawn from                                 |
 | image_size       | JSON        | [H, W] the recipes were drawn for                                |
 | logit_format     | str         | "fp16" \\| "fp32" \\| "topk"                                     |
@@ -32,14 +39,18 @@ Root attributes
 | git_commit       | str         | `git rev-parse HEAD` of the package checkout, or "unknown"       |
 | created          | str         | ISO-8601 UTC time the file was started                           |
 | complete         | bool        | False until every chunk is written (then True)                   |
+| checksum         | str         | "crc32" (zlib's CRC-32 of each chunk's bytes per dataset)        |
+| provenance       | JSON        | stores made from stores only: the operation and its source stores (path, fingerprint, CRCs) |
+| attrs_crc32      | int         | CRC-32 of every root and teacher attribute except `complete`, `attrs_crc32` and the top-k error attributes (`attrs_digest`) |
 
 Datasets (N samples, C classes, V views, K top-k, T teachers)
 
 | path                             | shape      | dtype            | meaning                         |
 |----------------------------------|------------|------------------|---------------------------------|
 | /labels                          | (N,)       | int64            | hard labels the teachers saw (noisy labels included) |
-| /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data, then flushed) |
-| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)`    |
+| /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data and checksums reach the disk) |
+| /checksums                       | (chunks, D)| uint32           | CRC-32 of chunk c's bytes in dataset d (see below)   |
+| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)` (a store of several ops adds a 1-byte `op` field) |
 | /teachers/<name>/clean           | (N, C)     | float16/float32  | logits of the clean (un-augmented) sample            |
 | /teachers/<name>/views           | (N, V, C)  | float16/float32  | logits of view v of sample i                         |
 | /teachers/<name>/clean/indices   | (N, K)     | uint16/uint32    | top-k: class ids, largest logit first                |
@@ -49,6 +60,11 @@ Datasets (N samples, C classes, V views, K top-k, T teachers)
 | /teachers/<name>/views/values    | (N, V, K)  | float16          |                                                      |
 | /teachers/<name>/views/lse       | (N, V)     | float32          |                                                      |
 | /teachers/<name>/topk_kl         | (chunks, 2)| float64          | top-k: per-chunk sums of KL(dense ‖ reconstructed), clean and views |
+
+Checksum columns follow the order of the datasets above as `StorePlan.checksummed()` lists
+them (every dataset but /progress and /checksums). Chunk c's bytes of a per-sample dataset are
+its rows [c * chunk_size, min(N, (c + 1) * chunk_size)) as they lie in the file (row-major);
+of /teachers/<name>/topk_kl, its row c.
 
 The views datasets exist only when V > 0; the top-k layout replaces the dense one when
 logit_format = "topk" (uint16 indices when C <= 65536).
@@ -76,6 +92,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,14 +101,16 @@ import numpy as np
 from labelenh.errors import LabelenhError
 
 FORMAT = "labelenh.softlabels"
-SCHEMA = 1
+SCHEMA = 2
+READ_SCHEMAS = (1, 2)  # every schema this code opens, verifies and resumes
+CHECKSUM = "crc32"
 DENSE_FORMATS = ("fp16", "fp32")
 DEFAULT_CHUNK_SIZE = 256
 MIN_REST = 1e-20  # floor of the tail probability per class in top-k reconstruction
 
 # Root attributes that are JSON text.
 JSON_ATTRS = ("dataset_meta", "view_spec", "image_size", "teachers", "normalization", "compute",
-              "identity")
+              "identity", "provenance")
 TEACHER_JSON_ATTRS = ("metrics",)
 
 
@@ -179,6 +198,13 @@ class StorePlan:
     compute: dict[str, str]
     recipe_dtype: np.dtype | None = None  # needed when num_views > 0
     dataset_meta: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA  # 1 only to resume a store an earlier version started
+    # where a store made from stores came from (labelenh.store.derive); not part of its identity
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def checksums(self) -> bool:
+        return self.schema >= 2
 
     @property
     def num_chunks(self) -> int:
@@ -191,7 +217,7 @@ class StorePlan:
     def identity(self) -> dict[str, Any]:
         """The arguments a resumed export must repeat exactly (JSON-able, canonical)."""
         return {
-            "schema": SCHEMA,
+            "schema": self.schema,
             "dataset": self.dataset,
             "fingerprint": self.fingerprint,
             "num_samples": self.num_samples,
@@ -208,9 +234,9 @@ class StorePlan:
         }
 
     def root_attrs(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT,
-            "schema": SCHEMA,
+            "schema": self.schema,
             "dataset": self.dataset,
             "fingerprint": self.fingerprint,
             "dataset_meta": json.dumps(self.dataset_meta, sort_keys=True, default=str),
@@ -229,6 +255,11 @@ class StorePlan:
             "compute": json.dumps(self.compute, sort_keys=True),
             "identity": json.dumps(self.identity(), sort_keys=True),
         }
+        if self.checksums:
+            out["checksum"] = CHECKSUM
+        if self.provenance is not None:
+            out["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
+        return out
 
     def datasets(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
         """(path, shape, dtype) of every dataset, in creation order."""
@@ -243,7 +274,13 @@ class StorePlan:
             out.append(("views/recipes", (n, v), self.recipe_dtype))
         for t in self.teachers:
             out += teacher_datasets(t.name, n, c, v, self.fmt, self.num_chunks)
+        if self.checksums:
+            out.append(("checksums", (self.num_chunks, len(checksummed(out))), np.dtype("<u4")))
         return out
+
+    def checksummed(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+        """The datasets a chunk's checksums cover, in column order of /checksums."""
+        return checksummed(self.datasets())
 
     def data_bytes(self) -> int:
         return sum(int(np.prod(s)) * d.itemsize for _, s, d in self.datasets())
@@ -267,6 +304,59 @@ def teacher_datasets(
     if fmt.is_topk:
         out.append((f"{g}/topk_kl", (num_chunks, 2), np.dtype("<f8")))
     return out
+
+
+UNCHECKED = ("progress", "checksums")  # flags and the checksums themselves
+
+
+def checksummed(datasets: list[tuple[str, tuple[int, ...], Any]]) -> list[tuple[str, tuple[int, ...], Any]]:
+    """The entries of `datasets` (in order) that /checksums covers."""
+    return [d for d in datasets if d[0] not in UNCHECKED]
+
+
+def chunk_rows(name: str, c: int, chunk_size: int, num_samples: int) -> tuple[int, int]:
+    """Rows [a, b) of dataset `name` that belong to chunk c: per-chunk datasets (top-k error
+    sums) have one row per chunk, every other dataset one row per sample."""
+    if name.endswith("/topk_kl"):
+        return c, c + 1
+    return c * chunk_size, min(num_samples, (c + 1) * chunk_size)
+
+
+def raw_bytes(data: Any) -> Any:
+    """The bytes of an array as they lie in the file (record arrays included), or `data`."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return data
+
+
+def crc32(data: Any, value: int = 0) -> int:
+    """zlib's CRC-32 (about 3.5 GB/s here) of bytes or of an array's raw bytes."""
+    return zlib.crc32(raw_bytes(data), value)
+
+
+# Attributes that change after creation, or that hold the digest itself.
+# `created` too: two exports with the same arguments are the same bytes but for that attribute.
+DIGEST_EXCLUDED = ("complete", "attrs_crc32", "topk_kl_clean", "topk_kl_views", "created")
+
+
+def attrs_digest(f: Any) -> int:
+    """CRC-32 of every root and teacher-group attribute of the open file `f` that is fixed at
+    creation, as raw stored values (JSON text is not parsed): a flipped bit in any of them is
+    seen even where the value still parses (a seed, a mean, a teacher's sha256)."""
+    items: dict[str, Any] = {}
+
+    def add(prefix: str, attrs: Any) -> None:
+        for key, val in decode_attrs(attrs, json_keys=()).items():
+            if key not in DIGEST_EXCLUDED:
+                items[prefix + key] = val
+
+    add("", f.attrs)
+    teachers = f.get("teachers")
+    if teachers is not None:
+        for name in sorted(teachers.keys()):
+            add(f"teachers/{name}/", teachers[name].attrs)
+    text = json.dumps(items, sort_keys=True, default=repr, allow_nan=True)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
 def bytes_per_view(fmt: LogitFormat, num_classes: int, recipe_itemsize: int) -> dict[str, int]:

@@ -36,8 +36,15 @@ import h5py
 import numpy as np
 
 from labelenh.store.lock import ExportLock
-from labelenh.store.schema import StorePlan, decode_attrs
-from labelenh.store.writer import StoreWriter, TeacherChunk, fsync, write_skeleton
+from labelenh.store.schema import StorePlan, crc32, decode_attrs
+from labelenh.store.writer import (
+    StoreWriter,
+    TeacherChunk,
+    fsync,
+    reserve,
+    stamp_attrs,
+    write_skeleton,
+)
 
 SHARD_FORMAT = "labelenh.softlabels.shard"
 # Fault injection for tests: "RANK:N" makes that rank's process die (os._exit, no clean-up, as a
@@ -79,6 +86,9 @@ def create_shard(path: Path, plan: StorePlan, chunks: Sequence[int], rank: int, 
             f.attrs["shard_chunks"] = json.dumps([int(c) for c in chunks])
             f.attrs["shard_rank"] = int(rank)
             f.attrs["shard_world"] = int(world)
+            if sp.checksums:
+                stamp_attrs(f)
+        reserve(tmp, os.path.getsize(tmp))
         fsync(tmp)  # on disk before the rename, as for the store itself
         os.replace(tmp, path)
         fsync(path.parent)
@@ -129,12 +139,25 @@ def absorb(writer: StoreWriter, plan: StorePlan, path: Path) -> int:
                             if not f["progress"][j] or have[c]:
                                 continue
                             payload = _read_chunk(f, sp, j)
-                        except (KeyError, OSError, ValueError, IndexError):
+                            if not _sums_match(f, sp, writer, j, c, payload):
+                                break  # damaged since it was written: redo this chunk and the rest
+                        except (KeyError, OSError, ValueError, IndexError, TypeError):
                             break  # a damaged shard: what was copied is sound, the rest is redone
                         writer.write_chunk(c, *payload)
                         copied += 1
         path.unlink(missing_ok=True)
     return copied
+
+
+def _sums_match(f: h5py.File, sp: StorePlan, writer: StoreWriter, j: int, c: int, payload) -> bool:
+    """Shard chunk j's bytes against the checksums the shard recorded for them (schema 2)."""
+    if not sp.checksums:
+        return True
+    want = np.asarray(f["checksums"][j], dtype=np.uint32)
+    arrays = StoreWriter.chunk_arrays(writer, c, *payload)
+    # chunk_arrays checks shapes against the store's chunk c: the same rows as shard chunk j
+    got = [crc32(arrays[name]) for name, _, _ in sp.checksummed()]
+    return want.shape == (len(got),) and all(int(a) == b for a, b in zip(want, got, strict=True))
 
 
 def discard(path: Path) -> None:

@@ -4,70 +4,47 @@ A recipe says exactly how one (sample, view) image was made, so applying it agai
 tensor bit for bit. Source 0 of every recipe is the sample itself (the store keys rows by sample
 index); sources 1.. are partner samples named by absolute dataset index.
 
-Compact record (`to_struct`, numpy structured dtype, packed) — only what the op needs. The sample
-index is not stored: it is the row the record sits in.
-
-| op        | fields                                                            | bytes |
-|-----------|-------------------------------------------------------------------|-------|
-| none      | flags u1                                                          | 1     |
-| crop-flip | crop i1[1,2], flags u1                                            | 3     |
-| mixup     | partners u4[1], lam f4, crop i1[2,2], flags u1                    | 13    |
-| cutmix    | partners u4[1], box u2[4], crop i1[2,2], flags u1                 | 17    |
-| ricap     | partners u4[3], wh u2[2], offsets u2[4,2], crop i1[4,2], flags u1 | 41    |
-
-flags: bit k (k < 4) = source k is flipped; bit 7 = the mix was applied (a mix op drawn with
-probability `mix_prob`; when not applied, partners repeat the sample and the view equals the
-base crop/flip). crop = (dy, dx) per source. box = (y0, y1, x0, x1), half-open. wh = (w, h),
-the RICAP boundary; offsets = (oy, ox) per patch. The cutmix lambda (1 - box area / (H*W)) and
-the RICAP weights (patch areas / (H*W)) are recomputed from the integers, identically.
+The fields are the op's (`Op.fields`) and, for an op that takes a base, the base's. The packed
+record (`recipe_dtype`) stores, in order: `partners` u4[S-1] (ops with S > 1), the op's own
+fields, the base's fields, and one `flags` byte holding every one-bit field (flip of source k:
+bit k; "the mix was applied": bit 7). The sample index is not stored: it is the row the record
+sits in. Per-op sizes: `recipe_dtype(spec).itemsize`, listed in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from labelenh.errors import LabelenhError
+from labelenh.views.ops import Field, get_op
 from labelenh.views.spec import ViewSpec
 
-_MIXED_BIT = 7
-TENSOR_FIELDS = ("sample", "view", "mixed", "crop", "flip", "partners", "lam", "box", "ricap_wh",
-                 "ricap_off")
+
+def layout(spec: ViewSpec, num_sources: int | None = None) -> tuple[Field, ...]:
+    """Every recipe field of `spec`: the op's own, then its base's (partners not included).
+    `num_sources` sizes per-source fields (default: the spec's own)."""
+    s = spec.num_sources if num_sources is None else num_sources
+    own = get_op(spec.op).fields(spec, s)
+    base = get_op(spec.base.op).fields(spec.base, s) if spec.base is not None else ()
+    return tuple(own) + tuple(base)
 
 
 def recipe_dtype(spec: ViewSpec) -> np.dtype:
-    """Packed numpy structured dtype of one stored recipe for `spec` (sizes in the module doc)."""
+    """Packed numpy structured dtype of one stored recipe for `spec` (see the module doc)."""
     s = spec.num_sources
     parts: list[tuple] = []
     if s > 1:
         parts.append(("partners", "<u4", (s - 1,)))
-    if spec.op == "mixup":
-        parts.append(("lam", "<f4"))
-    elif spec.op == "cutmix":
-        parts.append(("box", "<u2", (4,)))
-    elif spec.op == "ricap":
-        parts += [("wh", "<u2", (2,)), ("offsets", "<u2", (4, 2))]
-    if spec.op != "none":
-        parts.append(("crop", "i1", (s, 2)))
+    for f in layout(spec):
+        if f.record is not None:
+            shape = f.tensor_shape(s)
+            parts.append((f.name, f.record, shape) if shape else (f.name, f.record))
     parts.append(("flags", "u1"))
     return np.dtype(parts)
-
-
-def cutmix_lam(box: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """float32 [B]: 1 - box area / (H*W) for int boxes [B, 4] = (y0, y1, x0, x1)."""
-    h, w = image_size
-    area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
-    return (1.0 - area.to(torch.float64) / float(h * w)).to(torch.float32)
-
-
-def ricap_areas(wh: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """int64 [B, 4]: patch areas for boundaries [B, 2] = (w, h); patches TL, TR, BL, BR."""
-    H, W = image_size
-    w, h = wh[:, 0], wh[:, 1]
-    return torch.stack([w * h, (W - w) * h, w * (H - h), (W - w) * (H - h)], dim=1)
 
 
 @dataclass
@@ -78,29 +55,25 @@ class Recipes:
     image_size  (H, W) of the images they apply to
     sample      int64 [B]       absolute index of the sample = source 0
     view        int64 [B]       view index (-1 when unknown, e.g. rebuilt without view ids)
-    mixed       bool  [B]       the mix op was applied (False for none / crop-flip)
-    crop        int64 [B, S, 2] base crop offsets (dy, dx) in [-pad, pad] per source
-    flip        bool  [B, S]    base horizontal flip per source
     partners    int64 [B, S-1]  absolute indices of sources 1..S-1
-    lam         float32 [B]     weight on the sample's own label (mixup/cutmix: lambda;
-                                ricap: patch-0 area fraction; otherwise 1)
-    box         int64 [B, 4]    cutmix box (y0, y1, x0, x1), half-open; zeros for other ops
-    ricap_wh    int64 [B, 2]    RICAP boundary (w, h); zeros for other ops
-    ricap_off   int64 [B, 4, 2] RICAP per-patch offsets (oy, ox); zeros for other ops
+    data        the op's and its base's fields by name (`layout(spec)`), e.g. `crop` int64
+                [B, S, 2], `flip` bool [B, S], `lam` float32 [B]; read as attributes (`r.crop`)
     """
 
     spec: ViewSpec
     image_size: tuple[int, int]
     sample: torch.Tensor
     view: torch.Tensor
-    mixed: torch.Tensor
-    crop: torch.Tensor
-    flip: torch.Tensor
     partners: torch.Tensor
-    lam: torch.Tensor
-    box: torch.Tensor
-    ricap_wh: torch.Tensor
-    ricap_off: torch.Tensor
+    data: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name.startswith("__") or name == "data":
+            raise AttributeError(name)
+        try:
+            return self.__dict__["data"][name]
+        except KeyError:
+            raise AttributeError(f"{self.__dict__.get('spec')} recipes have no field {name!r}") from None
 
     def __len__(self) -> int:
         return int(self.sample.shape[0])
@@ -126,7 +99,11 @@ class Recipes:
         return self._map(lambda t: t.to(device))
 
     def _map(self, fn) -> Recipes:
-        return replace(self, **{f: fn(getattr(self, f)) for f in TENSOR_FIELDS})
+        return replace(self, sample=fn(self.sample), view=fn(self.view), partners=fn(self.partners),
+                       data={k: fn(v) for k, v in self.data.items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"sample": self.sample, "view": self.view, "partners": self.partners, **self.data}
 
     def sources(self) -> torch.Tensor:
         """int64 [B, S]: absolute sample index of every source image; column 0 = the sample."""
@@ -134,21 +111,13 @@ class Recipes:
 
     def source_weights(self) -> torch.Tensor:
         """float32 [B, S]: label weight of each source (rows sum to 1 up to float rounding)."""
-        op = self.spec.op
-        if op in ("mixup", "cutmix"):
-            return torch.stack([self.lam, 1.0 - self.lam], dim=1)
-        if op == "ricap":
-            H, W = self.image_size
-            return ricap_areas(self.ricap_wh, self.image_size).to(torch.float32) / float(H * W)
-        return torch.ones(len(self), 1, device=self.device)
+        return get_op(self.spec.op).weights(self.spec, self)
 
     def equal(self, other: Recipes) -> bool:
         """Exact equality of spec, image size and every tensor."""
-        return (
-            self.spec == other.spec
-            and tuple(self.image_size) == tuple(other.image_size)
-            and all(torch.equal(getattr(self, f), getattr(other, f)) for f in TENSOR_FIELDS)
-        )
+        a, b = self.tensors(), other.tensors()
+        return (self.spec == other.spec and tuple(self.image_size) == tuple(other.image_size)
+                and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a))
 
     @classmethod
     def cat(cls, parts: Sequence[Recipes]) -> Recipes:
@@ -159,32 +128,65 @@ class Recipes:
         for p in parts[1:]:
             if p.spec != first.spec or tuple(p.image_size) != tuple(first.image_size):
                 raise LabelenhError("cannot concatenate recipes of different specs or image sizes")
-        return replace(
-            first, **{f: torch.cat([getattr(p, f) for p in parts]) for f in TENSOR_FIELDS}
-        )
+        cat = {k: torch.cat([p.tensors()[k] for p in parts]) for k in first.tensors()}
+        return replace(first, sample=cat.pop("sample"), view=cat.pop("view"), partners=cat.pop("partners"),
+                       data=cat)
+
+    @classmethod
+    def from_fields(cls, spec: ViewSpec, image_size: tuple[int, int], sample, view, partners,
+                    data: dict[str, np.ndarray | torch.Tensor]) -> Recipes:
+        """Recipes from plain arrays (every field of `layout(spec)`), with derived fields added
+        and the geometry checked: how `sample_views`, `from_struct` and `from_draws` build them."""
+        b = len(sample)
+        s = spec.num_sources
+        t: dict[str, torch.Tensor] = {}
+        for f in layout(spec):
+            if f.name not in data:
+                raise LabelenhError(f"{spec.op} recipes need the field {f.name!r}")
+            v = torch.as_tensor(np.asarray(data[f.name]) if not isinstance(data[f.name], torch.Tensor)
+                                else data[f.name]).to(f.torch_dtype())
+            want = (b, *f.tensor_shape(s))
+            if tuple(v.shape) != want:
+                raise LabelenhError(f"recipe field {f.name} has shape {tuple(v.shape)}, expected {want}")
+            t[f.name] = v.contiguous()
+        extra = sorted(set(data) - set(t))
+        if extra:
+            raise LabelenhError(f"{spec.op} recipes have no field(s) {', '.join(extra)}")
+        hw = (int(image_size[0]), int(image_size[1]))
+        for o, sp in _ops(spec):
+            bad = o.check_records(sp, t, hw)
+            if bad:
+                raise LabelenhError(f"recipe records do not fit {spec.describe()} on {hw[0]}x{hw[1]} images "
+                                    f"({bad}): the file is damaged or read with the wrong view spec")
+        for o, sp in _ops(spec):
+            t.update(o.derived(sp, t, hw))
+        as_i64 = lambda x: torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x,  # noqa: E731
+                                           dtype=torch.int64)
+        part = as_i64(partners).reshape(b, s - 1)
+        return cls(spec=spec, image_size=hw, sample=as_i64(sample).reshape(b), view=as_i64(view).reshape(b),
+                   partners=part, data=t)
 
     # ---- compact record form -------------------------------------------------------------
 
     def to_struct(self, spec: ViewSpec | None = None) -> np.ndarray:
-        """Structured numpy array [B] of `recipe_dtype(spec)` (see the module doc for sizes)."""
+        """Structured numpy array [B] of `recipe_dtype(spec)` (see the module doc)."""
         spec = self.spec if spec is None else spec
         if spec != self.spec:
             raise LabelenhError(f"recipes were drawn for {self.spec.describe()}, not {spec.describe()}")
         r = self.to("cpu")
         out = np.zeros(len(r), dtype=recipe_dtype(spec))
-        flip_bits = (r.flip.to(torch.int64) << torch.arange(spec.num_sources)).sum(dim=1)
-        out["flags"] = (flip_bits | (r.mixed.to(torch.int64) << _MIXED_BIT)).numpy()
+        flags = torch.zeros(len(r), dtype=torch.int64)
         if spec.num_sources > 1:
             out["partners"] = r.partners.numpy()
-        if spec.op != "none":
-            out["crop"] = r.crop.numpy()
-        if spec.op == "mixup":
-            out["lam"] = r.lam.numpy()
-        elif spec.op == "cutmix":
-            out["box"] = r.box.numpy()
-        elif spec.op == "ricap":
-            out["wh"] = r.ricap_wh.numpy()
-            out["offsets"] = r.ricap_off.numpy()
+        for f in layout(spec):
+            v = r.data[f.name]
+            if f.bit is None:
+                out[f.name] = v.numpy()
+            elif f.per_source:
+                flags |= (v.to(torch.int64) << (f.bit + torch.arange(v.shape[1]))).sum(dim=1)
+            else:
+                flags |= v.to(torch.int64) << f.bit
+        out["flags"] = flags.numpy()
         return out
 
     @classmethod
@@ -229,53 +231,60 @@ class Recipes:
             raise LabelenhError(f"{b} recipe records but {sample.shape[0]} samples / {view.shape[0]} views")
         s = spec.num_sources
         flags = torch.as_tensor(flat["flags"].astype(np.int64))
-        flip = ((flags[:, None] >> torch.arange(s)) & 1).bool()
-        mixed = ((flags >> _MIXED_BIT) & 1).bool()
         partners = (torch.as_tensor(flat["partners"].astype(np.int64)) if s > 1
                     else torch.zeros(b, 0, dtype=torch.int64))
         if num_samples is not None and partners.numel() and int(partners.max()) >= num_samples:
             raise LabelenhError(f"recipe partner index {int(partners.max())} >= {num_samples} samples")
-        crop = (torch.as_tensor(flat["crop"].astype(np.int64)) if spec.op != "none"
-                else torch.zeros(b, 1, 2, dtype=torch.int64))
-        box = torch.zeros(b, 4, dtype=torch.int64)
-        wh = torch.zeros(b, 2, dtype=torch.int64)
-        off = torch.zeros(b, 4, 2, dtype=torch.int64)
-        lam = torch.ones(b, dtype=torch.float32)
-        if spec.op == "mixup":
-            lam = torch.as_tensor(flat["lam"].astype(np.float32))
-        elif spec.op == "cutmix":
-            box = torch.as_tensor(flat["box"].astype(np.int64))
-            lam = cutmix_lam(box, image_size)
-        elif spec.op == "ricap":
-            wh = torch.as_tensor(flat["wh"].astype(np.int64))
-            off = torch.as_tensor(flat["offsets"].astype(np.int64))
-            H, W = image_size
-            lam = ricap_areas(wh, image_size)[:, 0].to(torch.float32) / float(H * W)
-        _check_geometry(spec, image_size, crop, box, wh, off, lam)
-        return cls(spec=spec, image_size=(int(image_size[0]), int(image_size[1])), sample=sample,
-                   view=view, mixed=mixed, crop=crop, flip=flip, partners=partners, lam=lam,
-                   box=box, ricap_wh=wh, ricap_off=off)
+        data: dict[str, torch.Tensor] = {}
+        for f in layout(spec):
+            if f.bit is None:
+                data[f.name] = torch.as_tensor(flat[f.name].astype(np.float32 if f.dtype == "float32" else np.int64))
+            elif f.per_source:
+                data[f.name] = ((flags[:, None] >> (f.bit + torch.arange(s))) & 1).bool()
+            else:
+                data[f.name] = ((flags >> f.bit) & 1).bool()
+        return cls.from_fields(spec, image_size, sample, view, partners, data)
 
 
-def _check_geometry(spec: ViewSpec, image_size, crop, box, wh, off, lam) -> None:
-    """Refuse records that cannot come from `spec` on images of `image_size` (a damaged file,
-    or records read with the wrong spec / image size)."""
-    H, W = (int(v) for v in image_size)
-    bad = ""
-    if crop.numel() and int(crop.abs().max()) > spec.pad:
-        bad = f"crop offset {int(crop.abs().max())} exceeds pad {spec.pad}"
-    elif spec.op == "mixup" and lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all()):
-        bad = "mixup lambda outside [0, 1]"
-    elif spec.op == "cutmix" and box.numel() and not bool(
-        ((box[:, 0] <= box[:, 1]) & (box[:, 1] <= H) & (box[:, 2] <= box[:, 3]) & (box[:, 3] <= W)).all()
-    ):
-        bad = f"cutmix box outside the {H}x{W} image"
-    elif spec.op == "ricap" and wh.numel():
-        w, h = wh[:, 0:1], wh[:, 1:2]
-        wk = torch.cat([w, W - w, w, W - w], 1)
-        hk = torch.cat([h, h, H - h, H - h], 1)
-        if not bool(((w <= W) & (h <= H)).all() and ((off[:, :, 0] <= H - hk) & (off[:, :, 1] <= W - wk)).all()):
-            bad = f"RICAP patch outside the {H}x{W} image"
-    if bad:
-        raise LabelenhError(f"recipe records do not fit {spec.describe()} on {H}x{W} images ({bad}): "
-                            "the file is damaged or read with the wrong view spec")
+def _ops(spec: ViewSpec):
+    """(op, its spec) for the op and, when it has one, its base."""
+    out = [(get_op(spec.op), spec)]
+    if spec.base is not None:
+        out.append((get_op(spec.base.op), spec.base))
+    return out
+
+
+def from_draws(spec: ViewSpec, image_size: tuple[int, int], sample, *, partners=None, view=None,
+               **fields) -> Recipes:
+    """Recipes built from explicit values rather than the counter RNG, e.g. to reproduce another
+    code base's augmentation exactly:
+
+        from_draws(ViewSpec("mixup"), (32, 32), [0, 1], partners=[[5], [9]], lam=[0.3, 0.8])
+        from_draws(ViewSpec("cutmix"), (32, 32), [0], partners=[[7]], box=[[4, 20, 8, 24]],
+                   crop=[[[1, -2], [0, 3]]], flip=[[True, False]])
+        from_draws(ViewSpec("ricap"), (32, 32), [0], partners=[[1, 2, 3]], wh=[[10, 20]],
+                   offsets=[[[0, 0], [3, 1], [0, 5], [2, 2]]])
+        from_draws(ViewSpec("rrc"), (224, 224), [0], crop_box=[[[12, 30, 150, 120]]], flip=[[True]])
+
+    Field names and shapes are those of `layout(spec)` (documented in each op's module); a field
+    with a neutral default (no crop offset, no flip, "mixed") may be left out. `partners`
+    int [B, S-1] is needed when the op has several sources; `view` defaults to -1.
+    """
+    sample = np.asarray(sample, dtype=np.int64).reshape(-1)
+    b, s = len(sample), spec.num_sources
+    data: dict[str, np.ndarray] = {}
+    for f in layout(spec):
+        if f.name in fields:
+            data[f.name] = np.asarray(fields.pop(f.name))
+        elif f.default is not None:
+            data[f.name] = np.full((b, *f.tensor_shape(s)), f.default)
+        else:
+            raise LabelenhError(f"from_draws: {spec.op} recipes need {f.name!r} "
+                                f"(shape [B, {', '.join(map(str, f.tensor_shape(s)))}])")
+    if fields:
+        raise LabelenhError(f"from_draws: {spec.op} recipes have no field(s) {', '.join(sorted(fields))}")
+    if s > 1 and partners is None:
+        raise LabelenhError(f"from_draws: {spec.op} needs partners [B, {s - 1}]")
+    part = np.zeros((b, 0), dtype=np.int64) if s == 1 else np.asarray(partners, dtype=np.int64).reshape(b, s - 1)
+    vw = np.full(b, -1, dtype=np.int64) if view is None else np.asarray(view, dtype=np.int64).reshape(b)
+    return Recipes.from_fields(spec, image_size, sample, vw, part, data)
