@@ -67,6 +67,7 @@ EPOCHS = Bound(1, 10**6, integer=True, why="a run that long never ends")
 BATCH_SIZE = Bound(1, 2**16, integer=True, why="per process; larger batches do not fit in memory")
 PATIENCE = Bound(0, 10**6, integer=True)
 ECE_BINS = Bound(2, 10**4, integer=True, why="more bins cost memory and leave most bins empty")
+LOG_EVERY = Bound(1, 10**9, integer=True, why="optimiser steps between logged losses")
 # Seeds feed 63-bit derived seeds, torch generators and int64 HDF5 attributes.
 SEED = Bound(0, 2**63, integer=True, hi_open=True)
 

@@ -48,10 +48,13 @@ class StudentSettings:
     runs_dir: str = "runs"
     device: str = "auto"
     preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
+    log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
+    log_every: int = 50  # optimiser steps between logged training losses
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("name"), d.pop("runs_dir"), d.pop("device"), d.pop("preload")
+        for key in ("name", "runs_dir", "device", "preload", "log", "log_every"):
+            d.pop(key)  # where and how the run is made and watched, not what it trains
         return {"stage": "student", **d}
 
 
@@ -203,7 +206,7 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
                                # as the store records it: a schema-1 spec keeps its old form
                                "view_spec": store.view_spec.record() if store.view_spec else None}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():

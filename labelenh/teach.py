@@ -26,6 +26,7 @@ from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import derive_seed, environment, resolve_device, write_json
 from labelenh.views import ViewSpec
 
@@ -64,6 +65,8 @@ class TeachSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
+    log_every: int = 50  # optimiser steps between logged training losses
 
     def run_config(self) -> dict[str, Any]:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
@@ -156,7 +159,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():
@@ -186,6 +189,9 @@ def import_teacher(
     pipe = ImagePipeline(bundle, dev, batch_size=eval_batch_size, eval_batch_size=eval_batch_size)
     logits, labels = predict(model, pipe.eval_batches("test"), device=dev)
     metrics = classification_metrics(logits, labels, n_bins=ece_bins)
+    if "val" in pipe.splits:  # the same temperature scaling a trained run reports
+        t = fit_temperature(*predict(model, pipe.eval_batches("val"), device=dev))
+        metrics.update(scaled_metrics(logits, labels, t, ece_bins))
     run_name = name or default_run_name("import", model_name, data.dataset, 0)
     run_dir = Path(runs_dir) / run_name
     config = {"stage": "import", "model": model_name, "data": asdict(data), "source": str(checkpoint)}

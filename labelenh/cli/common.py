@@ -45,12 +45,14 @@ Warmup = Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm
 Patience = Annotated[int | None, typer.Option("--patience", help=f"Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off; in {B.PATIENCE.text()}.", rich_help_panel=H_OPT)]
 Seed = Annotated[int | None, typer.Option("--seed", help=f"Seed of initialisation, data order and augmentation, in {B.SEED.text()}.", rich_help_panel=H_OPT)]
 Amp = Annotated[str | None, typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", rich_help_panel=H_OPT)]
-EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Equal-width ECE bins, in {B.ECE_BINS.text()}.", rich_help_panel=H_OPT)]
+EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.", rich_help_panel=H_OPT)]
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda", rich_help_panel=H_RUN)]
 Name = Annotated[str | None, typer.Option("--name", help="Run folder name under --runs-dir: one path component (no /, \\, .., control characters).", rich_help_panel=H_RUN)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.", rich_help_panel=H_RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint (--epochs may grow, never shrink).", rich_help_panel=H_RUN)]
+Log = Annotated[list[str] | None, typer.Option("--log", help="Also log every metrics.jsonl field per epoch (and the loss every --log-every steps) to tensorboard (pip install 'labelenh[tensorboard]') or csv (log.csv); repeat or comma-separate. Rank 0 only.", rich_help_panel=H_RUN)]
+LogEvery = Annotated[int, typer.Option("--log-every", help=f"Optimiser steps between training losses sent to --log, in {B.LOG_EVERY.text()}.", rich_help_panel=H_RUN)]
 
 # Schedule presets from the original papers (ALGORITHMS.md section 4).
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
@@ -140,6 +142,14 @@ def train_config(values: dict[str, Any], base: TrainConfig | None = None) -> Tra
     cfg = base or TrainConfig()
     kw = {k: v for k, v in values.items() if k in TRAIN_KEYS}
     return TrainConfig(**{**cfg.__dict__, **kw}).validate()
+
+
+def note_without_temperature(summary: dict[str, Any], run_dir: Path) -> None:
+    """Say why a run reports no metrics after temperature scaling, and what would."""
+    if "temperature" not in ((summary.get("last") or {}).get("test") or {}):
+        print(f"labelenh: note: no validation split, so no temperature scaling: train with --val-split "
+              f"0.1, or run `labelenh evaluate {run_dir} --calibrate-on test` (biased: T is fitted on "
+              "the split it is scored on)", file=sys.stderr)
 
 
 def check_val_split(v: float | None) -> None:

@@ -52,11 +52,15 @@ def student(
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    log: c.Log = None, log_every: c.LogEvery = 50,
     preload: Annotated[bool | None, typer.Option("--preload/--no-preload", help="Read the store into memory (default: when it takes at most 2 GiB), or map it lazily and read each batch's rows (each process: its own rows under torchrun).", rich_help_panel=c.H_RUN)] = None,
 ) -> None:
     """Train a student against enhanced labels (SL, En-SL, KD-SL, ILS, ...) or a baseline."""
+    from labelenh.loggers import parse_loggers
     from labelenh.student import StudentSettings, train_student
     from labelenh.teach import DataSettings
+
+    loggers = parse_loggers(log)
 
     rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "method", "aug", "store", "params"})
     flags = dict(
@@ -96,7 +100,7 @@ def student(
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
         online_teachers=[str(t) for t in teacher or []], init=str(init) if init else None,
         data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=c.train_config(v),
-        name=name, runs_dir=str(runs_dir), device=device, preload=preload,
+        name=name, runs_dir=str(runs_dir), device=device, preload=preload, log=loggers, log_every=log_every,
     )
     summary = train_student(s, resume=resume)
     from labelenh.evaluate import print_metrics
@@ -104,3 +108,7 @@ def student(
     if summary["last"]["test"]:
         print_metrics({summary["name"]: summary["last"]["test"]})
     print(f"run folder: {Path(runs_dir) / summary['name']}")
+    from labelenh.distributed import env_rank
+
+    if env_rank() == 0:
+        c.note_without_temperature(summary, Path(runs_dir) / summary["name"])

@@ -36,8 +36,10 @@ def teach(
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    log: c.Log = None, log_every: c.LogEvery = 50,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
+    from labelenh.loggers import parse_loggers
     from labelenh.teach import (
         DataSettings,
         TeachSettings,
@@ -47,6 +49,7 @@ def teach(
     )
     from labelenh.views import ViewSpec
 
+    loggers = parse_loggers(log)
     rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"})
     flags = dict(
         model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
@@ -76,7 +79,7 @@ def teach(
     spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
-                         device=device)
+                         device=device, log=loggers, log_every=log_every)
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
@@ -94,6 +97,8 @@ def teach(
         members.append(names[s])
         _print_table(names[s], summary["last"]["test"])
         print(f"run folder: {Path(runs_dir) / names[s]}")
+        if env_rank() == 0:
+            c.note_without_temperature(summary, Path(runs_dir) / names[s])
     if len(seed_list) > 1 and env_rank() == 0:
         index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
         write_json(Path(runs_dir) / index / "ensemble.json",
