@@ -3,6 +3,7 @@ baselines, from the hard labels or an online teacher), on the same engine as the
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from labelenh.checkpoint import (
 )
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
-from labelenh.methods import METHODS, Method, MethodInputs, build_method
+from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
 from labelenh.store.dataset import StoreBatches
@@ -68,7 +69,9 @@ class StudentTask:
         self.seed = settings.train.seed
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
-        self.uses_store = method.teacher == "store"
+        # a store method given --teacher runs that teacher online instead of reading the store
+        self.runs_online = bool(online)
+        self.uses_store = method.teacher == "store" and not self.runs_online
         aug = settings.aug not in (None, "none")
         self.store_views = store is not None and aug
         # Views drawn on the fly when not replaying the store's: crop/flip by default, no
@@ -90,13 +93,14 @@ class StudentTask:
 
     def loss(self, model: nn.Module, batch: Batch):
         inp: MethodInputs = batch.inputs
-        if self.method.teacher == "online":
+        if self.runs_online:
             with torch.no_grad():
                 # [B, M, C]: the online teachers see exactly the student's input
                 inp.teacher_logits = torch.stack([t(batch.x).float() for t in self.online], dim=1)
         logits = model(batch.x)
         self.method.observe(logits.detach().float(), inp)
-        return logits, self.method.loss(logits.float(), inp)
+        ctx = MethodContext(epoch=batch.epoch, step=batch.step, steps_per_epoch=self.steps_per_epoch)
+        return logits, self.method.loss(logits.float(), inp, ctx)
 
     def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)):
         return self.pipe.eval_batches(split, shard)
@@ -113,7 +117,7 @@ class StudentTask:
 
 def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=print) -> tuple[Any, list[str] | None]:
     """Open and check the store against the method, the dataset, --aug and --teachers."""
-    needs = method.teacher == "store"
+    needs = method.teacher == "store" and not s.online_teachers
     if s.store is None and s.aug not in (None, "none") and needs:
         raise LabelenhError(f"--aug {s.aug} with method {method.name!r} trains on a store's views: pass "
                             f"--store STORE.h5 exported with --aug {s.aug} --views N")
@@ -164,13 +168,31 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
     method = build_method(s.method, bundle.num_classes, **s.params)
     if method.teacher == "online" and not s.online_teachers:
         raise LabelenhError(f"method {s.method!r} runs a teacher every step: pass --teacher RUN_OR_CKPT")
-    if method.teacher != "online" and s.online_teachers:
-        raise LabelenhError(f"--teacher is for online methods (kd); {s.method!r} reads teachers from --store")
+    if method.teacher == "none" and s.online_teachers:
+        raise LabelenhError(f"--teacher runs a teacher online; {s.method!r} uses none")
+    if method.teacher == "store" and s.online_teachers and s.store:
+        raise LabelenhError(f"--teacher runs {s.method!r}'s teacher online and --store reads it from a store: "
+                            "pass one of them")
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
                          eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
     store, ids = open_store(s, method, pipe, warn=warn)
     online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
     return StudentTask(pipe, method, s, store, ids, online)
+
+
+def _keep_older_method_record(cfg: dict[str, Any], method: Method, run_dir: Path) -> None:
+    """A run started before a parameter existed did not record it: leave such a parameter out
+    of the resumed run's config while it holds its default, which is what the run trained
+    with, so the resume is not refused as 'different settings'."""
+    try:
+        old = json.loads((run_dir / "config.json").read_text()).get("method_params")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable record: the engine's own comparison decides
+    if not isinstance(old, dict):
+        return
+    for key, spec in method.params.items():
+        if key not in old and cfg["method_params"].get(key) == spec.default:
+            del cfg["method_params"][key]
 
 
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
@@ -200,6 +222,8 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
                                "teachers": {t: sha.get(t, "") for t in task.teacher_ids or store.teachers},
                                "num_views": store.num_views, "view_seed": store.view_seed,
                                "view_spec": store.view_spec.to_dict() if store.view_spec else None}
+    if resume:
+        _keep_older_method_record(cfg, method, run_dir)
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
                     checkpoint_meta=meta, on_epoch_end=on_epoch_end)
     result = engine.fit(resume=resume)
