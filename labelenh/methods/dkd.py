@@ -46,10 +46,17 @@ from labelenh.methods.base import (
 
 
 def _kl_rows(log_q: Tensor, log_p: Tensor, keep: Tensor) -> Tensor:
-    """Σ over the kept entries of q·(log q − log p), with 0·log 0 = 0; [..., K] -> [...]."""
-    q = log_q.exp()
-    term = torch.where(keep & (q > 0), q * (log_q - log_p), torch.zeros_like(q))
-    return term.sum(dim=-1)
+    """Σ over the kept entries of q·(log q − log p), with 0·log 0 = 0; [..., K] -> [...].
+
+    The dropped entries are replaced before any arithmetic, not only masked after it: an
+    entry such as the label's log n(y) can be huge, and exp(huge)·0 in the backward pass of
+    a masked-out branch is NaN.
+    """
+    log_q = torch.where(keep, log_q, torch.full_like(log_q, -math.inf))
+    q = log_q.exp()  # 0 where dropped or underflowed
+    live = q > 0
+    diff = torch.where(live, log_q, torch.zeros_like(log_q)) - torch.where(keep, log_p, torch.zeros_like(log_p))
+    return torch.where(live, q * diff, torch.zeros_like(q)).sum(dim=-1)
 
 
 def dkd_terms(log_ps: Tensor, log_pt: Tensor, src: Tensor) -> tuple[Tensor, Tensor]:
