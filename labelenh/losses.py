@@ -84,14 +84,12 @@ def standardize(logits: Tensor) -> Tensor:
     """Z-score over the classes (last dim): (z − mean) / (std + 1e-7), std unbiased (N − 1).
 
     The logit standardisation of Sun et al. (CVPR 2024), as their `normalize`. A row whose
-    values are all equal has std 0 and becomes all zeros (a uniform softmax). torch's `std`
-    has a 0/0 (NaN) gradient there; the variance is clamped below at 1e-30 instead, which
-    leaves every other row's value unchanged and gives that row a finite gradient.
+    values are all equal has std 0 and becomes all zeros (a uniform softmax), never NaN; torch
+    gives the std a zero gradient there, so the row's gradient is finite, though large (the
+    change of (z − mean) is divided by 1e-7).
     """
     z = upcast(logits)
-    centred = z - z.mean(dim=-1, keepdim=True)
-    var = centred.square().sum(dim=-1, keepdim=True) / (z.shape[-1] - 1)
-    return centred / (var.clamp_min(1e-30).sqrt() + STAND_EPS)
+    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + STAND_EPS)
 
 
 def confidence_weights(teacher_logits: Tensor, hard: Tensor) -> Tensor:
