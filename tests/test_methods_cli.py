@@ -204,3 +204,21 @@ def test_a_run_recorded_before_a_parameter_existed_resumes(made, tmp_path, quiet
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
     r = run_cli(*base, "--epochs", "3", "--resume", "--logit-stand")
     assert_one_line_error(r, "--resume", "different settings")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["dkd-store", "dist-online"])
+def test_new_methods_under_torchrun(made, tmp_path, case):
+    """Two CPU ranks (gloo): DKD from the two-teacher ricap store; DIST with an online teacher,
+    whose intra-class relation is computed over each rank's own batch."""
+    from test_distributed import torchrun
+
+    args = [a.format(**{k: str(v) for k, v in made.items()}) for a in CASES[case]]
+    r = torchrun("student", *TINY, "--epochs", "2", "--batch-size", "32", *args, "--name", "ddp",
+                 "--runs-dir", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run folder:") == 1
+    s = summary_of(tmp_path / "ddp")
+    assert s["epochs_run"] == 2
+    ck = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert ck["engine"]["world_size"] == 2 and ck["method"]["name"] == args[1]
