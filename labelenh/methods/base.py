@@ -142,7 +142,8 @@ class Method:
 
     # --- to override -------------------------------------------------------------------------
     def setup(self) -> None:
-        """Validate `self.hparams` (raise LabelenhError naming the param and its valid range)."""
+        """Read `self.hparams`, each already checked against its Param; check what spans
+        several parameters here (e.g. wa + wb > 0), raising LabelenhError naming them."""
 
     def target(self, inp: MethodInputs) -> Tensor:  # [B, C]
         raise LabelenhError(
@@ -219,26 +220,6 @@ class Method:
                 f"B={inp.hard.shape[0]}, got {tuple(inp.teacher_logits.shape)}"
             )
         return t
-
-    def float_in(self, key: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-        """hparams[key] as a float checked against [lo, hi] (or (lo, hi] when lo_open)."""
-        v = float(self.hparams[key])
-        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
-        if not ok:
-            rng = f"{'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}]"
-            raise LabelenhError(f"method {self.name!r}: {key} must be in {rng}, got {v}")
-        return v
-
-    def positive(self, key: str) -> float:
-        return self.float_in(key, 0.0, math.inf, lo_open=True)
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        v = self.hparams[key]
-        if v not in choices:
-            raise LabelenhError(
-                f"method {self.name!r}: {key} must be one of {', '.join(choices)}, got {v!r}"
-            )
-        return v
 
 
 def _fmt(x: float) -> str:

@@ -60,6 +60,7 @@ class DIST(Method):
         "w_ce*CE(hard) + T^2*(beta*(1 - mean_i rho(Ys[i,:], Yt[i,:])) + gamma*(1 - mean_c rho(Ys[:,c], Yt[:,c])))\n"
         "Y = softmax(z/T) over the batch, rho = Pearson correlation (batch statistics: per rank under torchrun)"
     )
+    example = "--method dist --teacher RUN --temperature 4 --beta 2 --intra-weight 2  (or --store STORE.h5)"
     params = {
         "beta": Param(float, 1.0, "weight of the inter-class relation (authors' default, also "
                       "ImageNet)", 0.0, math.inf, lo_open=True),

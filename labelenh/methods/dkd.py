@@ -100,6 +100,7 @@ class DecoupledKD(Method):
         "w_ce*CE(hard) + min((epoch+1)/warmup, 1)*T^2*(alpha*KL(b_t || b_s) + beta*KL(n_t || n_s))\n"
         "b = [p(y), 1-p(y)], n = p over the classes != y renormalised, p = softmax(z/T)"
     )
+    example = "--method dkd --store STORE.h5 --aug ricap --warmup 20  (or --teacher RUN for online)"
     params = {
         "alpha": Param(float, 1.0, "weight of TCKD (target-class KD)", 0.0, math.inf),
         "beta": Param(float, 8.0, "weight of NCKD (non-target-class KD); mdistiller's CIFAR-100 "
