@@ -41,7 +41,8 @@ class StudentSettings:
     store: str | None = None
     aug: str | None = None  # None: crop/flip images with clean-sample targets; else the store's views
     teachers: list[str] | None = None  # which of the store's teachers (default: all)
-    online_teachers: list[str] = field(default_factory=list)  # run folders / checkpoints for `kd`
+    # run folders / checkpoints run at every step: for `kd`, or a store method's teacher instead of --store
+    online_teachers: list[str] = field(default_factory=list)
     init: str | None = None  # start from these weights (e.g. the NLS warm-up-then-GLS procedure)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
