@@ -145,6 +145,9 @@ class Batch:
     x: torch.Tensor  # [B, C, H, W] normalised input on the training device
     labels: torch.Tensor  # [B] the samples' own hard labels (for train accuracy)
     inputs: Any = None  # whatever the task's loss needs (targets, stored logits, ...)
+    # set by the engine before `task.loss`: methods with warm-ups read where training is
+    epoch: int = 0  # from 0
+    step: int = 0  # within the epoch
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -353,7 +356,8 @@ class Engine:
         n_seen, n_correct = 0, 0
         t0 = time.perf_counter()
         bar = _Bar(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", steps)
-        for batch in batches:
+        for step_in_epoch, batch in enumerate(batches):
+            batch.epoch, batch.step = epoch, step_in_epoch
             lr = learning_rate(cfg, self.step, steps)
             for g in opt.param_groups:
                 g["lr"] = lr
