@@ -67,6 +67,7 @@ EPOCHS = Bound(1, 10**6, integer=True, why="a run that long never ends")
 BATCH_SIZE = Bound(1, 2**16, integer=True, why="per process; larger batches do not fit in memory")
 PATIENCE = Bound(0, 10**6, integer=True)
 ECE_BINS = Bound(2, 10**4, integer=True, why="more bins cost memory and leave most bins empty")
+LOG_EVERY = Bound(1, 10**9, integer=True, why="optimiser steps between logged losses")
 # Seeds feed 63-bit derived seeds, torch generators and int64 HDF5 attributes.
 SEED = Bound(0, 2**63, integer=True, hi_open=True)
 
@@ -74,6 +75,7 @@ SEED = Bound(0, 2**63, integer=True, hi_open=True)
 VIEWS = Bound(0, 10**5, integer=True, why="views per sample; the store also needs the disk space")
 VIEW_INDEX = Bound(0, 10**5, integer=True, hi_open=True)
 IMAGE_SIZE = Bound(1, 4096, integer=True, why="pixels per side")
+CROP_PCT = Bound(0.05, 1.0, lo_open=False, why="fraction of the resized short side an evaluation image keeps")
 # Loader worker processes of lazy sources (image folders); 0 decodes in the training process.
 WORKERS = Bound(0, 1024, integer=True, why="each worker is a process holding its prefetched batches")
 NUM_CLASSES = Bound(2, 10**5, integer=True, why="a label sets the size of the model's last layer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import shutil
 import sys
 import time
 import unicodedata
@@ -32,7 +33,9 @@ from labelenh.checkpoint import (
     save_checkpoint,
 )
 from labelenh.errors import LabelenhError, one_line
-from labelenh.metrics import classification_metrics
+from labelenh.loggers import STEP_TAG, RunLogger, open_loggers, parse_loggers
+from labelenh.metrics import DEFAULT_BINS, classification_metrics
+from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import (
     atomic_write,
     derive_seed,
@@ -63,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"  # CUDA only: bf16 where supported, else fp16
     channels_last: bool = True  # CUDA only
-    ece_bins: int = 15
+    ece_bins: int = DEFAULT_BINS
     eval_batch_size: int = 500
     eval_every: int = 1
 
@@ -142,6 +145,9 @@ class Batch:
     x: torch.Tensor  # [B, C, H, W] normalised input on the training device
     labels: torch.Tensor  # [B] the samples' own hard labels (for train accuracy)
     inputs: Any = None  # whatever the task's loss needs (targets, stored logits, ...)
+    # set by the engine before `task.loss`: methods with warm-ups read where training is
+    epoch: int = 0  # from 0
+    step: int = 0  # within the epoch
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -234,6 +240,8 @@ class Engine:
         checkpoint_meta: dict[str, Any],
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         progress: bool = True,
+        log: tuple[str, ...] = (),
+        log_every: int = 50,
     ) -> None:
         self.cfg = cfg.validate()
         self.task = task
@@ -242,6 +250,10 @@ class Engine:
         self.run_config = run_config
         self.meta = checkpoint_meta  # model_name, num_classes, in_chans, dataset info
         self.on_epoch_end = on_epoch_end
+        self.log = parse_loggers(log)  # unknown names and missing packages fail before training
+        B.LOG_EVERY.check(log_every, "--log-every")
+        self.log_every = log_every
+        self.loggers: list[RunLogger] = []  # opened by fit() on rank 0
         self.progress = progress and sys.stderr.isatty() and dist.is_main()
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.channels_last = cfg.channels_last and device.type == "cuda"
@@ -344,7 +356,8 @@ class Engine:
         n_seen, n_correct = 0, 0
         t0 = time.perf_counter()
         bar = _Bar(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", steps)
-        for batch in batches:
+        for step_in_epoch, batch in enumerate(batches):
+            batch.epoch, batch.step = epoch, step_in_epoch
             lr = learning_rate(cfg, self.step, steps)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -373,6 +386,9 @@ class Engine:
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * b
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
             bar.advance(loss=float(loss.detach()))
+            if self.loggers and self.step % self.log_every == 0:
+                for lg in self.loggers:
+                    lg.step(STEP_TAG, float(loss.detach()), self.step)
         bar.close()
         dist.average_buffers(self.model)  # BatchNorm statistics: one model on every rank
         self.task.epoch_end(epoch)
@@ -410,12 +426,26 @@ class Engine:
             logits, labels = dist.gather_rows(logits), dist.gather_rows(labels)
         return classification_metrics(logits, labels, n_bins=self.cfg.ece_bins), logits, labels
 
+    def evaluate_splits(self) -> dict[str, dict[str, Any]]:
+        """Metrics of every evaluation split; with a "val" split, also each split's metrics
+        after temperature scaling fitted on val (`*_ts`, `temperature`). Collective under DDP:
+        every rank holds the gathered logits and fits the same T."""
+        out: dict[str, dict[str, Any]] = {}
+        for split in self.task.eval_splits:
+            m, logits, labels = self.evaluate(split)
+            self.last_predictions[split] = (logits, labels)
+            out[split] = m
+        if "val" in out:
+            t = fit_temperature(*self.last_predictions["val"])
+            for split, m in out.items():
+                m.update(scaled_metrics(*self.last_predictions[split], t, self.cfg.ece_bins))
+        return out
+
     @property
     def steps_per_epoch(self) -> int:
         return int(getattr(self.task, "steps_per_epoch", 1))
 
     def fit(self, *, resume: bool = False) -> FitResult:
-        cfg = self.cfg
         if resume:
             self.resume()  # before any file is touched: a refused resume leaves the run as it was
         if dist.is_main():
@@ -425,20 +455,35 @@ class Engine:
             if resume:
                 self._write_metrics()  # a kill may have come between checkpoint and metrics
             else:
+                # a fresh run: what an earlier, unfinished one left here is not this run's
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.run_dir / "log.csv").unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         if dist.is_main():
             write_json(self.run_dir / "config.json", self.run_config)
             write_json(self.run_dir / "env.json", environment())
+            self.loggers = open_loggers(self.log, self.run_dir)
+        try:
+            stopped_early = self._epochs()
+        finally:
+            for lg in self.loggers:
+                lg.close()
+            self.loggers = []
+        summary = self.summarize(stopped_early=stopped_early)
+        if dist.is_main():
+            write_json(self.run_dir / "summary.json", summary)
+        return FitResult(summary=summary, model=self.model)
+
+    def _epochs(self) -> bool:
+        """Train until the last epoch or early stopping; True when stopped early."""
+        cfg = self.cfg
         stopped_early = False
         while self.epoch < cfg.epochs:
             epoch = self.epoch
             record: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last:
-                for split in self.task.eval_splits:
-                    m, logits, labels = self.evaluate(split)
-                    self.last_predictions[split] = (logits, labels)
-                    record[split] = m
+                record.update(self.evaluate_splits())
             self.epoch = epoch + 1
             improved = False
             if "val" in record:
@@ -458,16 +503,15 @@ class Engine:
                     save_checkpoint(self.run_dir / "best.pt", state)
                 save_checkpoint(self.run_dir / "checkpoint.pt", state)
                 self._write_metrics()
+                for lg in self.loggers:
+                    lg.epoch(record)
                 _print_epoch(record)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, record)
             if cfg.patience and "val" in record and self.bad_epochs >= cfg.patience:
                 stopped_early = True
                 break
-        summary = self.summarize(stopped_early=stopped_early)
-        if dist.is_main():
-            write_json(self.run_dir / "summary.json", summary)
-        return FitResult(summary=summary, model=self.model)
+        return stopped_early
 
     def _write_metrics(self) -> None:
         """metrics.jsonl, rewritten whole and atomically from the history (which the checkpoint
@@ -560,7 +604,8 @@ def _print_epoch(r: dict[str, Any]) -> None:
     for split in ("val", "test"):
         if split in r:
             m = r[split]
-            parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}")
+            ts = f" (ts {m['ece_ts']:.4f})" if "ece_ts" in m else ""
+            parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}{ts}")
     parts.append(f"{r['train_time_s']:.1f}s")
     print(" | ".join(parts), file=sys.stderr, flush=True)
 

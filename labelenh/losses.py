@@ -19,7 +19,8 @@ from torch import Tensor
 from labelenh.errors import LabelenhError
 
 KL_REDUCTIONS = ("batchmean", "elementwise-mean")
-ENSEMBLE_RULES = ("prob-mean", "logit-mean")
+ENSEMBLE_RULES = ("prob-mean", "logit-mean", "confidence")
+STAND_EPS = 1e-7  # the CVPR 2024 logit-standardisation code's epsilon under the std
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -79,19 +80,34 @@ def kd_kl(
     return kl * (T * T)
 
 
-def ensemble_probs(teacher_logits: Tensor, T: float = 1.0, rule: str = "prob-mean") -> Tensor:
-    """Teacher distribution at temperature T from M teachers' logits.
+def standardize(logits: Tensor) -> Tensor:
+    """Z-score over the classes (last dim): (z − mean) / (std + 1e-7), std unbiased (N − 1).
 
-    teacher_logits [B, M, C] (or [B, C] for one teacher) -> [B, C].
-    prob-mean:  mean_m softmax(z_m / T)   (labelenh default; the OLS repo's ensemble convention)
-    logit-mean: softmax(mean_m z_m / T)
-    For M = 1 both rules give softmax(z / T).
+    The logit standardisation of Sun et al. (CVPR 2024), as their `normalize`. A row whose
+    values are all equal has std 0 and becomes all zeros (a uniform softmax), never NaN; torch
+    gives the std a zero gradient there, so the row's gradient is finite, though large (the
+    change of (z − mean) is divided by 1e-7).
     """
-    T = check_temperature(T)
-    if rule not in ENSEMBLE_RULES:
-        raise LabelenhError(
-            f"unknown ensemble rule {rule!r}; choose one of: {', '.join(ENSEMBLE_RULES)}"
-        )
+    z = upcast(logits)
+    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + STAND_EPS)
+
+
+def confidence_weights(teacher_logits: Tensor, hard: Tensor) -> Tensor:
+    """Per-sample teacher weights [B, M] in the manner of CA-MKD (Zhang et al., ICASSP 2022).
+
+    w_m = (1 − softmax_m(CE_m)) / (M − 1), CE_m = −Σ_c hard_c · log softmax(z_m)_c at T = 1:
+    a teacher whose cross-entropy on the (possibly mixed) label is lower weighs more; each row
+    sums to 1. One teacher gets weight 1.
+    """
+    z = upcast(teacher_logits)  # [B, M, C]
+    M = z.shape[1]
+    if M == 1:
+        return torch.ones(z.shape[:2], dtype=z.dtype, device=z.device)
+    ce = -(upcast(hard).to(z.dtype).unsqueeze(1) * F.log_softmax(z, dim=-1)).sum(dim=-1)  # [B, M]
+    return (1.0 - F.softmax(ce, dim=1)) / (M - 1)
+
+
+def _teacher_logits_3d(teacher_logits: Tensor) -> Tensor:
     z = upcast(teacher_logits)  # stores may hold float16 logits
     if z.ndim == 2:
         z = z.unsqueeze(1)  # [B, 1, C]
@@ -99,6 +115,65 @@ def ensemble_probs(teacher_logits: Tensor, T: float = 1.0, rule: str = "prob-mea
         raise LabelenhError(
             f"teacher logits must be [B, M, C] or [B, C], got shape {tuple(teacher_logits.shape)}"
         )
+    return z
+
+
+def _check_rule(rule: str, hard: Tensor | None) -> None:
+    if rule not in ENSEMBLE_RULES:
+        raise LabelenhError(
+            f"unknown ensemble rule {rule!r}; choose one of: {', '.join(ENSEMBLE_RULES)}"
+        )
+    if rule == "confidence" and hard is None:
+        raise LabelenhError("ensemble rule 'confidence' weighs teachers by their CE on the label: pass hard")
+
+
+def ensemble_probs(
+    teacher_logits: Tensor,
+    T: float = 1.0,
+    rule: str = "prob-mean",
+    hard: Tensor | None = None,
+    standardized: bool = False,
+) -> Tensor:
+    """Teacher distribution at temperature T from M teachers' logits.
+
+    teacher_logits [B, M, C] (or [B, C] for one teacher) -> [B, C].
+    prob-mean:  mean_m softmax(z_m / T)   (labelenh default; the OLS repo's ensemble convention)
+    logit-mean: softmax(mean_m z_m / T)
+    confidence: Σ_m w_m · softmax(z_m / T), w = `confidence_weights(z, hard)` per sample
+    For M = 1 every rule gives softmax(z / T). `standardized` z-scores each teacher's logits
+    first (logit standardisation); the confidence weights always come from the raw logits.
+    """
+    T = check_temperature(T)
+    _check_rule(rule, hard)
+    raw = _teacher_logits_3d(teacher_logits)  # [B, M, C]
+    z = standardize(raw) if standardized else raw
     if rule == "prob-mean":
         return F.softmax(z / T, dim=-1).mean(dim=1)  # [B, C]
-    return F.softmax(z.mean(dim=1) / T, dim=-1)  # [B, C]
+    if rule == "logit-mean":
+        return F.softmax(z.mean(dim=1) / T, dim=-1)  # [B, C]
+    w = confidence_weights(raw, hard)  # [B, M]
+    return (w.unsqueeze(-1) * F.softmax(z / T, dim=-1)).sum(dim=1)  # [B, C]
+
+
+def ensemble_log_probs(
+    teacher_logits: Tensor,
+    T: float = 1.0,
+    rule: str = "prob-mean",
+    hard: Tensor | None = None,
+    standardized: bool = False,
+) -> Tensor:
+    """log of `ensemble_probs`, computed in log space [B, C]: finite even where a saturated
+    teacher's probabilities underflow to 0 (DKD renormalises over the non-target classes)."""
+    T = check_temperature(T)
+    _check_rule(rule, hard)
+    raw = _teacher_logits_3d(teacher_logits)
+    z = standardize(raw) if standardized else raw
+    if rule == "logit-mean":
+        return F.log_softmax(z.mean(dim=1) / T, dim=-1)
+    logp = F.log_softmax(z / T, dim=-1)  # [B, M, C]
+    if rule == "prob-mean":
+        w = torch.full(raw.shape[:2], 1.0 / raw.shape[1], dtype=logp.dtype, device=logp.device)
+    else:
+        w = confidence_weights(raw, hard)
+    # log Σ_m w_m p_m; a zero weight contributes log 0 = −inf, which logsumexp ignores
+    return torch.logsumexp(logp + w.clamp_min(0).log().unsqueeze(-1), dim=1)  # [B, C]

@@ -4,8 +4,9 @@ baselines, from the hard labels or an online teacher), on the same engine as the
 from __future__ import annotations
 
 import functools
+import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,17 @@ from labelenh.checkpoint import (
 )
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
-from labelenh.methods import METHODS, Method, MethodInputs, build_method
+from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
 from labelenh.store.dataset import StoreBatches
-from labelenh.teach import DataSettings, _write_reliability, dataset_record, default_run_name
+from labelenh.teach import (
+    DataSettings,
+    _write_reliability,
+    dataset_record,
+    default_run_name,
+    recorded_data,
+)
 from labelenh.utils import derive_seed, resolve_device
 from labelenh.views import ViewSpec, get_op, names_views_of
 from labelenh.views import augments as _augments  # --aug changes the image: the store's views
@@ -41,7 +48,8 @@ class StudentSettings:
     store: str | None = None
     aug: str | None = None  # None: crop/flip images with clean-sample targets; else the store's views
     teachers: list[str] | None = None  # which of the store's teachers (default: all)
-    online_teachers: list[str] = field(default_factory=list)  # run folders / checkpoints for `kd`
+    # run folders / checkpoints run at every step: for `kd`, or a store method's teacher instead of --store
+    online_teachers: list[str] = field(default_factory=list)
     init: str | None = None  # start from these weights (e.g. the NLS warm-up-then-GLS procedure)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -50,10 +58,13 @@ class StudentSettings:
     device: str = "auto"
     workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
     preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
+    log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
+    log_every: int = 50  # optimiser steps between logged training losses
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("name"), d.pop("runs_dir"), d.pop("device"), d.pop("preload"), d.pop("workers")
+        for key in ("name", "runs_dir", "device", "preload", "workers", "log", "log_every"):
+            d.pop(key)  # where and how the run is made and watched, not what it trains
         return {"stage": "student", **d}
 
 
@@ -70,7 +81,9 @@ class StudentTask:
         self.seed = settings.train.seed
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
-        self.uses_store = method.teacher == "store"
+        # a store method given --teacher runs that teacher online instead of reading the store
+        self.runs_online = bool(online)
+        self.uses_store = method.teacher == "store" and not self.runs_online
         self.store_views = store is not None and _augments(settings.aug)
         # Views drawn on the fly when not replaying the store's: the default base op (crop/flip)
         # by default, no augmentation for the identity op, or any op for the hard-label methods
@@ -95,13 +108,14 @@ class StudentTask:
 
     def loss(self, model: nn.Module, batch: Batch):
         inp: MethodInputs = batch.inputs
-        if self.method.teacher == "online":
+        if self.runs_online:
             with torch.no_grad():
                 # [B, M, C]: the online teachers see exactly the student's input
                 inp.teacher_logits = torch.stack([t(batch.x).float() for t in self.online], dim=1)
         logits = model(batch.x)
         self.method.observe(logits.detach().float(), inp)
-        return logits, self.method.loss(logits.float(), inp)
+        ctx = MethodContext(epoch=batch.epoch, step=batch.step, steps_per_epoch=self.steps_per_epoch)
+        return logits, self.method.loss(logits.float(), inp, ctx)
 
     def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)):
         return self.pipe.eval_batches(split, shard)
@@ -118,7 +132,7 @@ class StudentTask:
 
 def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=print) -> tuple[Any, list[str] | None]:
     """Open and check the store against the method, the dataset, --aug and --teachers."""
-    needs = method.teacher == "store"
+    needs = method.teacher == "store" and not s.online_teachers
     if s.store is None and _augments(s.aug) and needs:
         raise LabelenhError(f"--aug {s.aug} with method {method.name!r} trains on a store's views: pass "
                             f"--store STORE.h5 exported with --aug {s.aug} --views N")
@@ -170,8 +184,11 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
     method = build_method(s.method, bundle.num_classes, **s.params)
     if method.teacher == "online" and not s.online_teachers:
         raise LabelenhError(f"method {s.method!r} runs a teacher every step: pass --teacher RUN_OR_CKPT")
-    if method.teacher != "online" and s.online_teachers:
-        raise LabelenhError(f"--teacher is for online methods (kd); {s.method!r} reads teachers from --store")
+    if method.teacher == "none" and s.online_teachers:
+        raise LabelenhError(f"--teacher runs a teacher online; {s.method!r} uses none")
+    if method.teacher == "store" and s.online_teachers and s.store:
+        raise LabelenhError(f"--teacher runs {s.method!r}'s teacher online and --store reads it from a store: "
+                            "pass one of them")
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
                          eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     store, ids = open_store(s, method, pipe, warn=warn)
@@ -179,14 +196,40 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
     return StudentTask(pipe, method, s, store, ids, online)
 
 
+def _keep_older_method_record(cfg: dict[str, Any], method: Method, run_dir: Path) -> None:
+    """A run started before a parameter existed did not record it: leave such a parameter out
+    of the resumed run's config while it holds its default, which is what the run trained
+    with, so the resume is not refused as 'different settings'."""
+    try:
+        old = json.loads((run_dir / "config.json").read_text()).get("method_params")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable record: the engine's own comparison decides
+    if not isinstance(old, dict):
+        return
+    for key, spec in method.params.items():
+        if key not in old and cfg["method_params"].get(key) == spec.default:
+            del cfg["method_params"][key]
+
+
+def _data_record(s: StudentSettings, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The data options the student's images must repeat: the store's export options (its clean
+    images are the ones the teachers saw), else those of the run being resumed."""
+    if s.store is not None:
+        from labelenh.store.derive import export_options
+
+        return export_options(s.store)
+    return recorded_data(run_dir / "checkpoint.pt") if resume else None
+
+
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one student into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
     name = check_run_name(s.name if s.name is not None else default_run_name(
         f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
+    run_dir = Path(s.runs_dir) / name
+    s = replace(s, data=s.data.for_run(lambda: _data_record(s, run_dir, resume)))
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
-    run_dir = Path(s.runs_dir) / name
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))
@@ -207,8 +250,10 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
                                "num_views": store.num_views, "view_seed": store.view_seed,
                                # as the store records it: a schema-1 spec keeps its old form
                                "view_spec": store.view_spec.record() if store.view_spec else None}
+    if resume:
+        _keep_older_method_record(cfg, method, run_dir)
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():

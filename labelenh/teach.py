@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,14 @@ from labelenh.checkpoint import (
     save_checkpoint,
     state_dict_of,
 )
-from labelenh.data import DatasetBundle, load_dataset
+from labelenh.data import DatasetBundle, load_dataset, resolve_crop_pct
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
 from labelenh.errors import LabelenhError, OutputError
 from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import derive_seed, environment, resolve_device, write_json
 from labelenh.views import ViewSpec
 
@@ -40,6 +42,8 @@ class DataSettings:
     noisy_labels: str | None = None
     noise_seed: int = 0
     image_size: int | None = None
+    # an image folder's evaluation crop; None: 1.0, as runs made before it was recorded
+    crop_pct: float | None = None
 
     def load(self) -> DatasetBundle:
         return load_dataset(
@@ -51,7 +55,13 @@ class DataSettings:
             noisy_labels=self.noisy_labels,
             noise_seed=self.noise_seed,
             image_size=self.image_size,
+            crop_pct=self.crop_pct,
         )
+
+    def for_run(self, record: Callable[[], dict[str, Any] | None]) -> DataSettings:
+        """These settings with the crop fraction a run uses (`resolve_crop_pct`): `record()`
+        gives the data the resumed run or the read store was made with, None for a new run."""
+        return replace(self, crop_pct=resolve_crop_pct(self.dataset, self.crop_pct, record))
 
 
 @dataclass
@@ -65,6 +75,8 @@ class TeachSettings:
     runs_dir: str = "runs"
     device: str = "auto"
     workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
+    log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
+    log_every: int = 50  # optimiser steps between logged training losses
 
     def run_config(self) -> dict[str, Any]:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
@@ -134,6 +146,14 @@ def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
     return replace(s, aug=old) if old != s.aug and same_spec(old, s.aug) else s
 
 
+def recorded_data(path: Path) -> dict[str, Any] | None:
+    """The data settings a run's checkpoint records, None when there is no checkpoint."""
+    if not path.is_file():
+        return None
+    data = (read_checkpoint(path).get("config") or {}).get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one teacher into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
@@ -141,8 +161,9 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     spec = ViewSpec.from_dict(s.aug)
     name = check_run_name(s.name if s.name is not None else default_run_name(
         "teach", s.model, s.data.dataset, s.train.seed))
-    bundle = s.data.load()
     run_dir = Path(s.runs_dir) / name
+    s = replace(s, data=s.data.for_run(lambda: recorded_data(run_dir / "checkpoint.pt") if resume else None))
+    bundle = s.data.load()
     if resume:
         s = _recorded_aug(s, run_dir / "checkpoint.pt")
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
@@ -156,7 +177,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():
@@ -186,6 +207,9 @@ def import_teacher(
     pipe = ImagePipeline(bundle, dev, batch_size=eval_batch_size, eval_batch_size=eval_batch_size)
     logits, labels = predict(model, pipe.eval_batches("test"), device=dev)
     metrics = classification_metrics(logits, labels, n_bins=ece_bins)
+    if "val" in pipe.splits:  # the same temperature scaling a trained run reports
+        t = fit_temperature(*predict(model, pipe.eval_batches("val"), device=dev))
+        metrics.update(scaled_metrics(logits, labels, t, ece_bins))
     run_name = name or default_run_name("import", model_name, data.dataset, 0)
     run_dir = Path(runs_dir) / run_name
     config = {"stage": "import", "model": model_name, "data": asdict(data), "source": str(checkpoint)}

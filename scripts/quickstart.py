@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -54,7 +55,8 @@ def main() -> None:
     common = [*data, "--runs-dir", runs, "--device", a.device]
     t0 = time.perf_counter()
     recipe = Path(__file__).resolve().parents[1] / "teachers" / "cifar10-mini_resnet20.toml"
-    run(["teach", "--recipe", str(recipe), "--epochs", str(a.teacher_epochs), "--name", "teacher", *common,
+    rel = os.path.relpath(recipe)  # the short form from the repository, the full path elsewhere
+    run(["teach", "--recipe", rel if not rel.startswith("..") else str(recipe), "--epochs", str(a.teacher_epochs), "--name", "teacher", *common,
          "--warmup-epochs", str(warmup(a.teacher_epochs)),
          *(["--model", a.teacher_model] if a.teacher_model else [])])
     run(["evaluate", f"{runs}/teacher", "--device", a.device])

@@ -51,8 +51,10 @@ NOISY_METHODS = ["vanilla", "ls", "gls-", "sl", "kd-sl"]
 
 
 def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool,
-               jobs: int = 1) -> Path:
+               jobs: int = 1, val_split: float | None = None) -> Path:
     data = ["--dataset", "cifar10-mini", "--device", device]
+    if val_split:  # held out of training: early stopping's and temperature scaling's split
+        data += ["--val-split", str(val_split)]
     if noise:
         data += ["--noise", noise, "--noise-seed", "0"]
     runs = out / "runs"
@@ -106,15 +108,26 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None,
                     help="independent runs at a time (one thread each); default: 2 on a CPU with 2+ cores, "
                          "1 on a GPU")
+    ap.add_argument("--val-split", type=float, default=None,
+                    help="hold out this fraction of train for validation: every run then reports its "
+                         "metrics after temperature scaling fitted there")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated subset of {', '.join(CLEAN_METHODS)} (default: all of the experiment's)")
     a = ap.parse_args()
     a.jobs = default_jobs(a.jobs, a.device, ap)
+    chosen = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
+    unknown = sorted(set(chosen or []) - set(CLEAN_METHODS))
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(CLEAN_METHODS)}")
     b = BUDGETS[a.budget]
     t0 = time.perf_counter()
     out = Path(a.out)
     if a.only in ("clean", "both"):
-        experiment(out / "clean", b, None, list(CLEAN_METHODS), a.device, a.dry_run, a.jobs)
+        experiment(out / "clean", b, None, chosen or list(CLEAN_METHODS), a.device, a.dry_run, a.jobs,
+                   a.val_split)
     if a.only in ("noisy", "both"):
-        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", NOISY_METHODS, a.device, a.dry_run, a.jobs)
+        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", chosen or NOISY_METHODS, a.device, a.dry_run,
+                   a.jobs, a.val_split)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min (budget {a.budget}); tables in {out}/*/report/report.md")
 
 

@@ -164,6 +164,9 @@ CASES = [
     Case("teach-resume-with-other-settings", [*TEACH[:-2], "--runs-dir", "{file}", "--name", "t", "--resume",
                                               "--lr", "0.5"],
          ["--resume", "different settings", "train.lr", "same flags or a new --name"], copied_run),
+    Case("teach-one-bin", [*TEACH, "--ece-bins", "1"], ["--ece-bins", "[2, 1e4]"]),
+    Case("teach-log-every-zero", [*TEACH, "--log", "csv", "--log-every", "0"], ["--log-every", "[1, 1e9]"]),
+    Case("teach-unknown-logger", [*TEACH, "--log", "csv,wandb"], ["--log", "'wandb'", "csv, tensorboard"]),
     Case("teach-resume-from-truncated-checkpoint", [*TEACH[:-2], "--runs-dir", "{file}", "--name", "t", "--resume"],
          ["not a loadable checkpoint", "truncated"], run_with_truncated_checkpoint),
     # -- evaluate ----------------------------------------------------------------------------
@@ -176,6 +179,12 @@ CASES = [
                                         "--device", "cpu"], ["predicts 10 classes", "has 5"]),
     Case("evaluate-val-split-missing", ["evaluate", "{teacher}", "--split", "val", "--device", "cpu"],
          ["--split val", "--val-split"]),
+    Case("evaluate-one-bin", ["evaluate", "{teacher}", "--ece-bins", "1", "--device", "cpu"],
+         ["--ece-bins", "[2, 1e4]"]),
+    Case("evaluate-calibrate-on-missing-val", ["evaluate", "{teacher}", "--calibrate-on", "val", "--device", "cpu"],
+         ["--calibrate-on val", "splits test", "--val-split", "--calibrate-on none"]),
+    Case("evaluate-calibrate-on-train", ["evaluate", "{teacher}", "--calibrate-on", "train", "--device", "cpu"],
+         ["--calibrate-on 'train'", "val, test, none"]),
     Case("evaluate-json-is-a-folder", ["evaluate", "{teacher}", "--json", "{work}", "--device", "cpu",
                                        "--diagram", "{work}/d.png"], ["folder", "--json"]),
     # -- export-soft-labels --------------------------------------------------------------------
@@ -223,6 +232,8 @@ CASES = [
     Case("student-resume-with-another-store", ["student", *DS, *TRAIN, "--runs-dir", "{file}", "--name", "s",
                                                "--method", "sl", "--store", "{store}", "--resume"],
          ["--resume", "different settings", "store"], student_run_on_clean_store),
+    Case("student-zero-bins", [*STUDENT, "--method", "ls", "--ece-bins", "0"], ["--ece-bins", "[2, 1e4]"]),
+    Case("student-unknown-logger", [*STUDENT, "--method", "ls", "--log", "mlflow"], ["--log", "'mlflow'"]),
     Case("student-lr-not-finite", [*STUDENT, "--method", "ls", "--lr", "nan"], ["--lr", "(0, 1e4]"]),
     # -- views show ----------------------------------------------------------------------------
     Case("views-show-zero-views", ["views", "show", "--n", "0", "--out", "{work}/v.png"], ["--n", "[1, 1024]"]),
@@ -234,6 +245,8 @@ CASES = [
     # -- report --------------------------------------------------------------------------------
     Case("report-truncated-summary", ["report", "{file}", "--out", "{work}/rep", "--no-diagrams", "--no-plots"],
          ["summary.json", "not readable JSON"], lambda made, work: _truncate_summary(copied_run(made, work))),
+    Case("report-one-bin", ["report", "{teacher}", "--out", "{work}/rep", "--ece-bins", "1"],
+         ["--ece-bins", "[2, 1e4]"]),
     Case("report-out-is-a-file", ["report", "{teacher}", "--out", "{file}", "--no-diagrams"],
          ["--out", "is a file", "folder"], text_file("report.md")),
 ]

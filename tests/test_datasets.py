@@ -246,7 +246,7 @@ def test_fashionmnist_idx(tmp_path: Path, gz: bool) -> None:
 
 def test_image_folder(tmp_path: Path) -> None:
     arrays = write_folder(tmp_path / "pets")
-    b = load_dataset(f"folder:{tmp_path / 'pets'}", image_size=32)
+    b = load_dataset(f"folder:{tmp_path / 'pets'}", image_size=32, crop_pct=0.875)
     assert isinstance(b.train, FolderImages) and isinstance(b.train, ImageSource)
     assert b.classes == ["cat", "dog"] and b.num_classes == 2 and b.crop_pad == 4
     assert len(b.train) == 3 and len(b.test) == 2 and b.train.labels.tolist() == [0, 0, 1]
@@ -267,7 +267,7 @@ def test_image_folder(tmp_path: Path) -> None:
 
 def test_folder_resize_matches_torchvision(tmp_path: Path) -> None:
     arrays = write_folder(tmp_path, sizes={"a.png": (48, 40), "b.png": (37, 61)})
-    b = load_dataset("imagenet", tmp_path, image_size=24)
+    b = load_dataset("imagenet", tmp_path, image_size=24, crop_pct=0.875)
     got = b.train.load(torch.tensor([0, 1]))  # [2, 3, 24, 24]
     for i, name in enumerate(["a.png", "b.png"]):
         im = Image.fromarray(arrays[f"train/cat/{name}"])

@@ -38,7 +38,7 @@ def folder(tmp_path_factory):
             write(root / split / f"c{k % 2}" / f"{k}.jpg", arr)
         write(root / split / "c0" / "grey.jpg", g.integers(0, 256, (40, 50, 3), dtype=np.uint8), "L")
         write(root / split / "c1" / "cmyk.jpg", g.integers(0, 256, (50, 40, 3), dtype=np.uint8), "CMYK")
-    return load_dataset(f"folder:{root}", image_size=SIZE)
+    return load_dataset(f"folder:{root}", image_size=SIZE, crop_pct=0.875)
 
 
 def test_eval_geometry_equals_torchvision_resize_and_centre_crop(folder):

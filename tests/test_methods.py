@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from labelenh.errors import LabelenhError
 from labelenh.losses import soft_cross_entropy
-from labelenh.methods import METHODS, Method, MethodInputs, build_method
+from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 
 C = 5
 
@@ -54,15 +54,22 @@ def contract_cases():
                 yield pytest.param(name, hard, M, id=f"{name}-{hard}-M{M}")
 
 
+CTX = MethodContext(epoch=3, step=1, steps_per_epoch=4)
+
+
 def check_target_and_loss(m: Method, logits, inp):
     B = inp.hard.shape[0]
-    q = m.target(inp)
-    assert q.shape == (B, C)
-    assert torch.isfinite(q).all()
-    assert torch.allclose(q.sum(-1), torch.ones(B), atol=1e-5)
-    if not m.allows_negative:
-        assert (q >= 0).all()
-    terms = m.loss(logits, inp)
+    if m.has_target:
+        q = m.target(inp)
+        assert q.shape == (B, C)
+        assert torch.isfinite(q).all()
+        assert torch.allclose(q.sum(-1), torch.ones(B), atol=1e-5)
+        if not m.allows_negative:
+            assert (q >= 0).all()
+    else:  # a loss that is not a soft CE against one target says so, by name
+        with pytest.raises(LabelenhError, match="no single target"):
+            m.target(inp)
+    terms = m.loss(logits, inp, CTX)
     assert isinstance(terms, dict) and terms
     for k, v in terms.items():
         assert isinstance(k, str) and v.ndim == 0 and torch.isfinite(v), (k, v)
@@ -88,22 +95,25 @@ def test_contract(name, hard, M):
     # state round trip: a fresh method loaded from the state gives the same loss
     m2 = build_method(name, C)
     m2.load_state_dict(m.state_dict())
-    assert torch.equal(sum(m2.loss(logits, inp).values()).detach(), total)
+    assert torch.equal(sum(m2.loss(logits, inp, CTX).values()).detach(), total)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_params_are_declared_and_recorded(name):
     cls = METHODS[name]
     for key, spec in cls.params.items():
-        assert spec.type in (float, int, str) and isinstance(spec.default, spec.type), key
-        assert spec.help
+        assert spec.type in (float, int, str, bool) and isinstance(spec.default, spec.type), key
+        assert spec.help and spec.option(key)
+        if spec.type in (float, int):
+            assert spec.range_text(), f"{name}.{key} declares no range"
+    assert cls.summary and cls.formula and cls.example_flags().startswith(f"--method {name}")
     m = build_method(name, C)
     assert m.hparams == {k: s.default for k, s in cls.params.items()}
     assert build_method(name, C, **m.hparams).hparams == m.hparams
     json.dumps(m.describe())  # recordable in run metadata
     if cls.teacher != "none":
         with pytest.raises(LabelenhError, match="teacher logits"):
-            m.target(onehot_inputs())
+            m.loss(student_logits(6), onehot_inputs(), CTX)
 
 
 def test_registry_holds_the_documented_methods():

@@ -31,8 +31,11 @@ def teacher_config(seed, model="resnet20"):
 
 
 def metrics(gen):
-    return {"acc1": float(gen.uniform(0.5, 0.9)), "acc5": 1.0, "nll": float(gen.uniform(0.3, 1.5)),
-            "ece": float(gen.uniform(0.01, 0.2)), "mce": 0.3, "brier": float(gen.uniform(0.1, 0.5)), "n": 100}
+    return {"acc1": float(gen.uniform(0.5, 0.9)), "acc5": float(gen.uniform(0.9, 1.0)),
+            "nll": float(gen.uniform(0.3, 1.5)), "ece": float(gen.uniform(0.01, 0.2)),
+            "ece_ts": float(gen.uniform(0.01, 0.05)), "nll_ts": float(gen.uniform(0.3, 1.0)),
+            "temperature": float(gen.uniform(0.8, 3.0)), "mce": float(gen.uniform(0.2, 0.5)),
+            "brier": float(gen.uniform(0.1, 0.5)), "n": 100}
 
 
 def write_run(folder: Path, config, last, best, *, selected_by="test_acc1", epochs=3, gen=None):
@@ -151,7 +154,8 @@ def test_markdown_and_csv(runs, tmp_path):
     md = to_markdown(rows)
     lines = md.splitlines()
     assert lines[0].startswith("| method | model | teachers | dataset | seeds |")
-    for label in ("Acc@1 (%) last", "NLL last", "ECE (%) last", "Brier last", "Acc@1 (%) best", "ECE (%) best"):
+    for label in ("Acc@1 (%) last", "Acc@5 (%) last", "NLL last", "ECE (%) last", "ECE after TS (%) last",
+                  "MCE (%) last", "Brier last", "T last", "Acc@1 (%) best", "ECE (%) best", "T best"):
         assert label in lines[0]
     body = [x for x in lines[2:] if x.startswith("|")]
     assert len(body) == len(rows) == 2
@@ -213,13 +217,13 @@ def test_write_report_tables_scatter_and_curves(runs, tmp_path):
     out = tmp_path / "out"
     rep = write_report([parent], out, diagrams=False)
     names = sorted(p.name for p in rep.files)
-    assert names == ["acc-vs-ece.png", "curves.png", "report.csv", "report.md"]
+    assert names == ["acc-vs-ece.png", "curves.png", "report.csv", "report.md", "runs.csv"]
     for name in ("acc-vs-ece.png", "curves.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 5000
     assert (out / "report.md").read_text() == rep.markdown
     rep = write_report([parent], tmp_path / "csv-only", fmt="csv", plots=False, diagrams=False)
-    assert [p.name for p in rep.files] == ["report.csv"]
+    assert [p.name for p in rep.files] == ["report.csv", "runs.csv"]
     with pytest.raises(LabelenhError, match="--format"):
         write_report([parent], out, fmt="xlsx")
 
@@ -270,3 +274,77 @@ def test_missing_metrics_are_counted_not_invented(tmp_path):
     assert row.stat("last", "acc1").n == 2 and row.stat("best", "acc1").mean is None
     line = to_markdown([row]).splitlines()[2]
     assert f"{100 * full['ece']:.2f} (n=1)" in line and "| — |" in line
+
+
+def test_tidy_csv_has_one_line_per_run_epoch_kind_and_split(runs, tmp_path):
+    from labelenh.report.table import TIDY_METRICS, to_tidy_csv
+
+    parent, made = runs
+    rows = aggregate(collect_runs([parent]))
+    back = list(csv.DictReader(io.StringIO(to_tidy_csv(rows))))
+    # 6 runs x (last, best) x test (the fixture's runs have no val split)
+    assert len(back) == 12
+    assert {(r["run"], r["epoch_kind"], r["split"]) for r in back} == {
+        (f"{m}-s{s}", k, "test") for m in ("sl", "kd-sl") for s in (0, 1, 2) for k in ("last", "best")}
+    for rec in back:
+        last, best = made[rec["method"].removeprefix("aug-")][int(rec["seed"])]
+        want = last if rec["epoch_kind"] == "last" else best
+        for k in TIDY_METRICS:
+            assert (float(rec[k]) == want[k]) if k in want else (rec[k] == ""), k
+        assert rec["selected_by"] == ("test_acc1" if rec["epoch_kind"] == "best" else "")
+    written = write_report([parent], tmp_path / "o", plots=False, diagrams=False)
+    assert [p.name for p in written.files] == ["report.md", "report.csv", "runs.csv"]
+
+
+def test_curves_show_nll_ece_and_learning_rate(runs, tmp_path, monkeypatch):
+    from labelenh import plots
+    from labelenh.report import figures
+
+    parent, _ = runs
+    seen = {}
+    draw = plots.training_curves
+
+    def spy(panels, path, **kw):
+        seen.update({label: series for label, series in panels})
+        return draw(panels, path, **kw)
+
+    monkeypatch.setattr(plots, "training_curves", spy)
+    rows = aggregate(collect_runs([parent]))
+    out = figures.curves(rows, tmp_path / "c.png", [])
+    assert out.read_bytes()[:8] == PNG
+    for label in ("test Acc@1 (%)", "train loss", "test NLL", "test ECE (%)", "learning rate"):
+        assert len(seen[label]) == 2, label  # one line per row
+    sl = next(s for s in seen["test NLL"] if s[0].startswith("sl"))
+    hists = [r.history()[0] for r in rows[1].runs]
+    assert list(sl[1]) == [1, 2, 3]
+    assert sl[2][0] == pytest.approx(np.mean([h[0]["test"]["nll"] for h in hists]))
+    assert seen["learning rate"][0][2][0] == pytest.approx(0.1)
+
+
+def test_reliability_bins_below_the_minimum_count_are_hatched(tmp_path):
+    import torch
+
+    from labelenh.plots import ACC_COLOUR, reliability_grid
+
+    # 200 confident samples and 3 at low confidence: the low bins hold < 10 samples
+    z = torch.zeros(203, 10, dtype=torch.float64)
+    z[:200, 0] = 6.0
+    z[200:, 0] = 0.5
+    y = torch.zeros(203, dtype=torch.long)
+    y[200:] = 1
+    drawn = {}
+    import matplotlib.axes
+
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, x, height, *a, **kw):
+        if kw.get("color") == ACC_COLOUR:  # the accuracy bars, not the gaps or the histogram
+            drawn.setdefault(kw.get("hatch"), []).extend(np.atleast_1d(x).tolist())
+        return real_bar(self, x, height, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "bar", bar)
+        reliability_grid([("t", z, y)], tmp_path / "r.png", n_bins=10)
+    low_conf = float(z[200].softmax(0).max())
+    assert drawn["xxx"] == pytest.approx([np.floor(low_conf * 10) / 10])  # 3 samples: hatched
+    assert drawn[None] == pytest.approx([0.9])  # 200 samples: drawn plainly

@@ -408,7 +408,7 @@ def test_lambda_one_and_unmixed_views_are_the_base_view():
         assert torch.equal(x, crop_flip[0]) and torch.equal(w, crop_flip[1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("op", OPS)
 def test_cuda_replays_the_cpu_views(op):
     rec = sample_views(N, 3, spec_for(op, mix_prob=0.8), 11, (H, W))

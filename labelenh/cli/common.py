@@ -31,6 +31,7 @@ Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label nois
 NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
 NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help=f"Seed of the synthetic label noise, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help=f"Resize folder/ImageNet images to this size, in {B.IMAGE_SIZE.text()}.", rich_help_panel=H_DATA)]
+CropPct = Annotated[float | None, typer.Option("--crop-pct", help=f"Image folders: evaluation images are the centre crop of the short side resized to image size / crop-pct, in {B.CROP_PCT.text()}; default: 0.875 (256 -> 224, as timm) for a new run or store, what the resumed run or the store read was made with otherwise (1.0 where it records none).", rich_help_panel=H_DATA)]
 Workers = Annotated[int | None, typer.Option("--workers", help=f"Image folders: loader processes that decode and render the next batches while the model steps (export: threads decoding the next chunk); default: the CPU count, shared among torchrun's local ranks; 0: in the training process. Results do not depend on it. In {B.WORKERS.text()}.", rich_help_panel=H_DATA)]
 
 Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Training epochs, in {B.EPOCHS.text()}.", rich_help_panel=H_OPT)]
@@ -46,12 +47,14 @@ Warmup = Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm
 Patience = Annotated[int | None, typer.Option("--patience", help=f"Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off; in {B.PATIENCE.text()}.", rich_help_panel=H_OPT)]
 Seed = Annotated[int | None, typer.Option("--seed", help=f"Seed of initialisation, data order and augmentation, in {B.SEED.text()}.", rich_help_panel=H_OPT)]
 Amp = Annotated[str | None, typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", rich_help_panel=H_OPT)]
-EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Equal-width ECE bins, in {B.ECE_BINS.text()}.", rich_help_panel=H_OPT)]
+EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.", rich_help_panel=H_OPT)]
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda", rich_help_panel=H_RUN)]
 Name = Annotated[str | None, typer.Option("--name", help="Run folder name under --runs-dir: one path component (no /, \\, .., control characters).", rich_help_panel=H_RUN)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.", rich_help_panel=H_RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --name from its last checkpoint (--epochs may grow, never shrink).", rich_help_panel=H_RUN)]
+Log = Annotated[list[str] | None, typer.Option("--log", help="Also log every metrics.jsonl field per epoch (and the loss every --log-every steps) to tensorboard (pip install 'labelenh[tensorboard]') or csv (log.csv); repeat or comma-separate. Rank 0 only.", rich_help_panel=H_RUN)]
+LogEvery = Annotated[int, typer.Option("--log-every", help=f"Optimiser steps between training losses sent to --log, in {B.LOG_EVERY.text()}.", rich_help_panel=H_RUN)]
 
 # Schedule presets from the original papers (ALGORITHMS.md section 4).
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
@@ -61,7 +64,8 @@ SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
-DATA_KEYS = {"dataset", "data_root", "val_split", "split_seed", "noise", "noisy_labels", "noise_seed", "image_size"}
+DATA_KEYS = {"dataset", "data_root", "val_split", "split_seed", "noise", "noisy_labels", "noise_seed", "image_size",
+             "crop_pct"}
 
 
 def read_recipe(path: Path | None, allowed: set[str]) -> dict[str, Any]:
@@ -141,6 +145,14 @@ def train_config(values: dict[str, Any], base: TrainConfig | None = None) -> Tra
     cfg = base or TrainConfig()
     kw = {k: v for k, v in values.items() if k in TRAIN_KEYS}
     return TrainConfig(**{**cfg.__dict__, **kw}).validate()
+
+
+def note_without_temperature(summary: dict[str, Any], run_dir: Path) -> None:
+    """Say why a run reports no metrics after temperature scaling, and what would."""
+    if "temperature" not in ((summary.get("last") or {}).get("test") or {}):
+        print(f"labelenh: note: no validation split, so no temperature scaling: train with --val-split "
+              f"0.1, or run `labelenh evaluate {run_dir} --calibrate-on test` (biased: T is fitted on "
+              "the split it is scored on)", file=sys.stderr)
 
 
 def check_val_split(v: float | None) -> None:

@@ -1,8 +1,10 @@
-"""`labelenh evaluate`: checkpoint + dataset -> Acc@1/5, NLL, ECE, MCE, Brier and a reliability diagram."""
+"""`labelenh evaluate`: checkpoint + dataset -> accuracy and calibration, before and after
+temperature scaling, and a reliability diagram."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 from labelenh import bounds as B
 from labelenh.cli import common as c
 from labelenh.errors import LabelenhError, OutputError
+from labelenh.metrics import DEFAULT_BINS
 
 
 def register(app: typer.Typer) -> None:
@@ -21,10 +24,11 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder or a checkpoint file.")],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Equal-width ECE bins, in {B.ECE_BINS.text()}.")] = 15,
+    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.")] = DEFAULT_BINS,
+    calibrate_on: Annotated[str | None, typer.Option("--calibrate-on", help="Split to fit the temperature on: val (default when the dataset has one) | none | test (biased: fitted on the split it is scored on, labelled so).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
     diagram: Annotated[Path | None, typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
     device: c.Device = "auto",
@@ -38,7 +42,9 @@ def evaluate(
     B.ECE_BINS.check(ece_bins, "--ece-bins")
     path = resolve_checkpoint_path(checkpoint)
     given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
-                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size)
+                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size,
+                 crop_pct=crop_pct)
+    saved: dict = {}
     if dataset is None:
         # A labelenh checkpoint remembers the data it was trained on; flags still win.
         saved = (read_checkpoint(path).get("config") or {}).get("data") or {}
@@ -47,7 +53,10 @@ def evaluate(
         given = {**saved, **{k: v for k, v in given.items() if v is not None}}
     data = DataSettings(**{k: v for k, v in given.items() if v is not None})
     result, logits, labels = evaluate_checkpoint(path, data, split=split, model_name=model, ece_bins=ece_bins,
-                                                 device=device)
+                                                 device=device, calibrate_on=calibrate_on)
+    if result.get("calibrated_on") == "val" and saved and not saved.get("val_split"):
+        print("labelenh: note: the model was trained without a validation split, so the val samples "
+              "were in its training set: the temperature is biased", file=sys.stderr)
     print_metrics({f"{path.parent.name}/{path.name} on {result['dataset']} {split}": result})
     if json_out is not None:
         text = json.dumps(result, indent=2, sort_keys=True)

@@ -1,24 +1,126 @@
-"""`labelenh student`: train a student with any registered target method."""
+"""`labelenh student`: train a student with any registered target method.
+
+The method parameters' options (`--alpha`, `--temperature`, `--beta`, ...) are made from the
+methods' `Param` declarations: one option per option name, whose help lists what it means in
+each method that has it. `--param KEY=VALUE` reaches any parameter by its own name.
+"""
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from labelenh.cli import common as c
 from labelenh.cli.viewopts import aug_names
 from labelenh.errors import LabelenhError
 
-# Flags that set a method parameter; any other parameter goes through --param KEY=VALUE.
-PARAM_FLAGS = {"temperature": "T", "alpha": "alpha", "epsilon": "eps", "smooth_rate": "r",
-               "wa": "wa", "wb": "wb", "ensemble": "ensemble"}
 H_M = "Method"
 
 
+@dataclass
+class MethodOption:
+    """One generated option: `--{name}`, and which parameter it sets in each method."""
+
+    name: str  # e.g. "temperature"
+    type: type
+    keys: dict[str, str] = field(default_factory=dict)  # method -> parameter name
+    helps: dict[str, str] = field(default_factory=dict)  # method -> its line of help
+
+    @property
+    def dest(self) -> str:
+        return "m_" + self.name.replace("-", "_")
+
+
+def method_options() -> dict[str, MethodOption]:
+    """Option name -> MethodOption over every registered method, in a stable order. An option
+    name must mean one type everywhere (one click option carries one type)."""
+    from labelenh.methods import METHODS
+
+    out: dict[str, MethodOption] = {}
+    for mname in sorted(METHODS):
+        for key, p in METHODS[mname].params.items():
+            name = p.option(key)
+            opt = out.setdefault(name, MethodOption(name, p.type))
+            if opt.type is not p.type:
+                raise TypeError(f"option --{name} is a {opt.type.__name__} in "
+                                f"{', '.join(opt.keys)} but a {p.type.__name__} in {mname}")
+            opt.keys[mname] = key
+            rng = p.range_text()
+            opt.helps[mname] = f"{p.help} (default {p.default!r}{', ' + rng if rng else ''})"
+    return dict(sorted(out.items()))
+
+
+def _option_help(opt: MethodOption) -> str:
+    """'ls: ...; kd, kd-sl: ...' with methods of the same help grouped."""
+    groups: dict[str, list[str]] = {}
+    for mname, text in opt.helps.items():
+        groups.setdefault(text, []).append(mname)
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+
+
+def _option_parameter(opt: MethodOption) -> inspect.Parameter:
+    decl = f"--{opt.name}/--no-{opt.name}" if opt.type is bool else f"--{opt.name}"
+    ann = Annotated[opt.type | None, typer.Option(decl, help=_option_help(opt), rich_help_panel=H_M)]
+    return inspect.Parameter(opt.dest, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
+
+
+def _method_in(args: list[str]) -> str | None:
+    """The value of the last --method in raw arguments (for --help before parsing ends)."""
+    found = None
+    for i, a in enumerate(args):
+        if a == "--method" and i + 1 < len(args):
+            found = args[i + 1]
+        elif a.startswith("--method="):
+            found = a.split("=", 1)[1]
+    return found
+
+
+class StudentCommand(TyperCommand):
+    """`student --method M --help` adds M's summary, loss, parameters and an example."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        ctx.meta["labelenh_method"] = _method_in(list(args))
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        from labelenh.methods import METHODS
+
+        name = ctx.meta.get("labelenh_method")
+        if name in METHODS:
+            formatter.write("\n" + METHODS[name].help_text() + "\n")
+        else:
+            formatter.write("\nlabelenh student --method M --help (or labelenh methods M) describes method M.\n")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("student")(student)
+    app.command("student", cls=StudentCommand)(_student_command())
+
+
+def _student_command():
+    """`student` with the generated method options in its signature, which typer reads."""
+    base = inspect.signature(student, eval_str=True)
+    opts = method_options()
+    fixed = [p for p in base.parameters.values() if p.name != "method_values"]
+    clash = {f"--{o.name}" for o in opts.values()} & {
+        d for p in fixed for info in p.annotation.__metadata__ if hasattr(info, "param_decls")
+        for d in (info.param_decls or ())}
+    if clash:
+        raise TypeError(f"method options {sorted(clash)} clash with student's own options")
+
+    def command(**kw: Any) -> None:
+        values = {o.name: kw.pop(o.dest) for o in opts.values()}
+        student(**kw, method_values=values)
+
+    command.__signature__ = base.replace(parameters=[*fixed, *map(_option_parameter, opts.values())])
+    command.__doc__ = student.__doc__
+    command.__name__ = "student"
+    return command
 
 
 def _method_help() -> str:
@@ -33,37 +135,35 @@ def student(
     store: Annotated[Path | None, typer.Option("--store", help="Soft-label store from `labelenh export-soft-labels`.", rich_help_panel=H_M)] = None,
     aug: Annotated[str | None, typer.Option("--aug", help=f"Train on the store's views, as stored (Aug- methods): name the op the store was exported with ({aug_names()}); their stored logits replace the mixed label. Default: fresh crop/flip views with the clean-sample logits; none: no augmentation. Without --store, the methods that need no teacher draw such views on the fly.", rich_help_panel=H_M)] = None,
     teachers: Annotated[str | None, typer.Option("--teachers", help="Comma-separated teacher names inside the store (default: all; several = an ensemble).", rich_help_panel=H_M)] = None,
-    teacher: Annotated[list[str] | None, typer.Option("--teacher", help="Online teacher run/checkpoint for `kd` (repeat for an ensemble).", rich_help_panel=H_M)] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="Teacher softmax temperature T.", rich_help_panel=H_M)] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="ls: smoothing mass; kd/kd-sl: weight of the hard-label CE.", rich_help_panel=H_M)] = None,
-    epsilon: Annotated[float | None, typer.Option("--epsilon", help="ils: smoothing mass.", rich_help_panel=H_M)] = None,
-    smooth_rate: Annotated[float | None, typer.Option("--smooth-rate", help="gls: smooth rate r (negative = NLS).", rich_help_panel=H_M)] = None,
-    wa: Annotated[float | None, typer.Option("--wa", help="gls: weight of plain CE.", rich_help_panel=H_M)] = None,
-    wb: Annotated[float | None, typer.Option("--wb", help="gls: weight of the GLS term.", rich_help_panel=H_M)] = None,
-    ensemble: Annotated[str | None, typer.Option("--ensemble", help="prob-mean | logit-mean", rich_help_panel=H_M)] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="Any method parameter as KEY=VALUE (repeatable).", rich_help_panel=H_M)] = None,
+    teacher: Annotated[list[str] | None, typer.Option("--teacher", help="Teacher run/checkpoint run online at every step: for `kd`, or instead of --store for the store methods (repeat for an ensemble).", rich_help_panel=H_M)] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Any method parameter by its own name as KEY=VALUE (repeatable); `labelenh methods M` lists them.", rich_help_panel=H_M)] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Initialise the student from this run/checkpoint (e.g. GLS after a CE warm-up).")] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings; flags override it.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
     preload: Annotated[bool | None, typer.Option("--preload/--no-preload", help="Read the store into memory (default: when it takes at most 2 GiB), or map it lazily and read each batch's rows (each process: its own rows under torchrun).", rich_help_panel=c.H_RUN)] = None,
+    method_values: dict[str, Any] | None = None,
 ) -> None:
     """Train a student against enhanced labels (SL, En-SL, KD-SL, ILS, ...) or a baseline."""
+    from labelenh.loggers import parse_loggers
     from labelenh.student import StudentSettings, train_student
     from labelenh.teach import DataSettings
+
+    loggers = parse_loggers(log)
 
     rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "method", "aug", "store", "params"})
     flags = dict(
         model=model, method=method, aug=aug, store=str(store) if store else None, dataset=dataset,
         data_root=data_root, val_split=val_split, split_seed=split_seed, noise=noise,
-        noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size, epochs=epochs,
+        noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size, crop_pct=crop_pct, epochs=epochs,
         batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs,
         patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
@@ -74,20 +174,20 @@ def student(
     if v.get("patience") and not v.get("val_split"):
         raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
     params = dict(rec.get("params") or {})
-    given = dict(temperature=temperature, alpha=alpha, epsilon=epsilon, smooth_rate=smooth_rate,
-                 wa=wa, wb=wb, ensemble=ensemble)
     method_name = v.get("method", "vanilla")
     from labelenh.methods import METHODS
 
-    for flag, value in given.items():
+    opts = method_options()
+    for flag, value in (method_values or {}).items():
         if value is None:
             continue
-        key = PARAM_FLAGS[flag]
-        known = METHODS[method_name].params if method_name in METHODS else None
-        if known is not None and key not in known:
-            raise LabelenhError(f"--{flag.replace('_', '-')} does not apply to method {method_name!r} "
-                                f"(its parameters: {', '.join(known) or 'none'})")
-        params[key] = value
+        key = opts[flag].keys.get(method_name)
+        if method_name in METHODS and key is None:
+            have = [f"--{p.option(k)}" for k, p in METHODS[method_name].params.items()]
+            raise LabelenhError(f"--{flag} does not apply to method {method_name!r} "
+                                f"(its parameters: {', '.join(have) or 'none'})")
+        if key is not None:  # an unknown --method is refused, by name, when the run is built
+            params[key] = value
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -98,7 +198,8 @@ def student(
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
         online_teachers=[str(t) for t in teacher or []], init=str(init) if init else None,
         data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=c.train_config(v),
-        name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers,
+        name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers, log=loggers,
+        log_every=log_every,
     )
     summary = train_student(s, resume=resume)
     from labelenh.evaluate import print_metrics
@@ -106,3 +207,7 @@ def student(
     if summary["last"]["test"]:
         print_metrics({summary["name"]: summary["last"]["test"]})
     print(f"run folder: {Path(runs_dir) / summary['name']}")
+    from labelenh.distributed import env_rank
+
+    if env_rank() == 0:
+        c.note_without_temperature(summary, Path(runs_dir) / summary["name"])

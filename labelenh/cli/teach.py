@@ -30,15 +30,17 @@ def teach(
     aug: Annotated[str | None, typer.Option("--aug", help=f"Training views (default: crop/flip): {aug_names()}.")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
+    log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
+    from labelenh.loggers import parse_loggers
     from labelenh.teach import (
         DataSettings,
         TeachSettings,
@@ -48,11 +50,12 @@ def teach(
     )
     from labelenh.views import ViewSpec
 
+    loggers = parse_loggers(log)
     rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"})
     flags = dict(
         model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
         split_seed=split_seed, noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed,
-        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        image_size=image_size, crop_pct=crop_pct, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
         gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
     )
@@ -78,7 +81,7 @@ def teach(
     spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
-                         device=device, workers=workers)
+                         device=device, workers=workers, log=loggers, log_every=log_every)
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
@@ -96,6 +99,8 @@ def teach(
         members.append(names[s])
         _print_table(names[s], summary["last"]["test"])
         print(f"run folder: {Path(runs_dir) / names[s]}")
+        if env_rank() == 0:
+            c.note_without_temperature(summary, Path(runs_dir) / names[s])
     if len(seed_list) > 1 and env_rank() == 0:
         index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
         write_json(Path(runs_dir) / index / "ensemble.json",

@@ -179,6 +179,9 @@ def normalize(
 
 
 CROP_PCT = 0.875  # evaluation crops this fraction of the resized short side (224 of 256), as timm
+# The geometry of image-folder stores and runs that do not record a crop fraction: the short
+# side resized to the image size, then centre-cropped.
+LEGACY_CROP_PCT = 1.0
 
 
 def resize_geometry(h: int, w: int, size: int, crop_pct: float = 1.0) -> tuple[int, int, int, int]:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from labelenh.data.base import (
-    CROP_PCT,
     FINGERPRINT_VERSION,
+    LEGACY_CROP_PCT,
     as_index,
     check_labels,
     resize_geometry,
@@ -136,7 +136,7 @@ class FolderImages:
         image_size: int,
         *,
         clean_labels: torch.Tensor | None = None,
-        crop_pct: float = CROP_PCT,
+        crop_pct: float = LEGACY_CROP_PCT,
     ) -> None:
         if not 0.0 < crop_pct <= 1.0:
             raise LabelenhError(f"crop_pct must lie in (0, 1], got {crop_pct!r}")
@@ -194,8 +194,11 @@ class FolderImages:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256(FINGERPRINT_VERSION)
-            # the crop fraction decides the clean images: stores made with another differ
-            h.update(repr(("folder", len(self), self.image_shape, self.crop_pct)).encode())
+            # the crop fraction decides the clean images: stores made with another differ. The
+            # geometry of stores and runs made before it was an option hashes as it always did.
+            shape = (("folder", len(self), self.image_shape) if self.crop_pct == LEGACY_CROP_PCT
+                     else ("folder", len(self), self.image_shape, self.crop_pct))
+            h.update(repr(shape).encode())
             h.update(self.labels.numpy().astype("<i8").tobytes())
             for p, s in zip(self.paths, self.sizes, strict=True):
                 h.update(f"{p}\0{s}\n".encode())
@@ -214,6 +217,11 @@ class FolderImages:
             clean_labels=None if self.clean_labels is None else self.clean_labels[idx],
             crop_pct=self.crop_pct,
         )
+
+    def with_crop_pct(self, crop_pct: float) -> FolderImages:
+        """The same files and labels with another evaluation crop fraction."""
+        return FolderImages(self.root, self.paths, self.labels, self.sizes, self.image_size,
+                            clean_labels=self.clean_labels, crop_pct=crop_pct)
 
     def with_labels(self, labels: torch.Tensor, clean_labels: torch.Tensor | None) -> FolderImages:
         return FolderImages(

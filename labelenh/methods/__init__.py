@@ -12,6 +12,7 @@ import pkgutil
 from labelenh.methods.base import (
     METHODS,
     Method,
+    MethodContext,
     MethodInputs,
     Param,
     build_method,
@@ -31,6 +32,7 @@ _import_all()
 __all__ = [
     "METHODS",
     "Method",
+    "MethodContext",
     "MethodInputs",
     "Param",
     "build_method",

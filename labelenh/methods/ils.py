@@ -21,8 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelenh.losses import ENSEMBLE_RULES, ensemble_probs, soft_cross_entropy, upcast
-from labelenh.methods.base import Method, MethodInputs, Param, register
+from labelenh.losses import ensemble_probs, soft_cross_entropy, upcast
+from labelenh.methods.base import (
+    ENSEMBLE_PARAM,
+    T_PARAM,
+    Method,
+    MethodContext,
+    MethodInputs,
+    Param,
+    register,
+)
 
 TINY = 1e-12  # below this teacher mass off the source class, spread ε uniformly
 
@@ -51,20 +59,23 @@ class InstanceLabelSmoothing(Method):
 
     teacher = "store"
     summary = "instance-based LS: 1-eps on the label, eps spread by the teacher over the rest"
+    formula = "softCE((1 - eps)*e_y + eps*q_j/sum_{k!=y} q_k), q = teacher softmax at T"
     params = {
-        "eps": Param(float, 0.1, "smoothing mass, [0, 1]"),
-        "T": Param(float, 1.0, "teacher softmax temperature, > 0"),
-        "ensemble": Param(str, "prob-mean", "how M teachers combine: prob-mean or logit-mean"),
+        "eps": Param(float, 0.1, "smoothing mass", 0.0, 1.0, flag="epsilon"),
+        "T": T_PARAM,
+        "ensemble": ENSEMBLE_PARAM,
     }
 
     def setup(self) -> None:
-        self.eps = self.float_in("eps", 0.0, 1.0)
-        self.T = self.positive("T")
-        self.rule = self.choice("ensemble", ENSEMBLE_RULES)
+        self.eps = float(self.hparams["eps"])
+        self.T = float(self.hparams["T"])
+        self.rule = self.hparams["ensemble"]
 
     def target(self, inp: MethodInputs) -> Tensor:
-        q = ensemble_probs(self.teacher_logits(inp), self.T, self.rule)  # [B, C]
+        q = ensemble_probs(self.teacher_logits(inp), self.T, self.rule, hard=inp.hard)  # [B, C]
         return ils_target(inp.hard, q, self.eps)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         return {"ils": soft_cross_entropy(logits, self.target(inp))}

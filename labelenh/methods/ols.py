@@ -22,6 +22,8 @@ rank trains with the same S. A mid-epoch `state_dict` holds this rank's partial 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ from torch import Tensor
 
 from labelenh.errors import LabelenhError
 from labelenh.losses import soft_cross_entropy, upcast
-from labelenh.methods.base import Method, MethodInputs, Param, register
+from labelenh.methods.base import Method, MethodContext, MethodInputs, Param, register
 
 
 @register("ols")
@@ -42,21 +44,23 @@ class OnlineLabelSmoothing(Method):
     """
 
     summary = "online label smoothing: w_hard*CE + w_soft*CE(S[y]), S from correct predictions"
+    formula = "w_hard*CE(hard) + w_soft*softCE(hard @ S), S = last epoch's mean softmax of correct samples per class"
     params = {
-        "w_hard": Param(float, 0.5, "weight of CE against the hard label, >= 0"),
-        "w_soft": Param(float, 0.5, "weight of CE against the OLS soft label, >= 0"),
-        "init": Param(str, "zeros", "initial S: zeros (official CIFAR/ImageNet) or uniform"),
+        "w_hard": Param(float, 0.5, "weight of CE against the hard label", 0.0, math.inf),
+        "w_soft": Param(float, 0.5, "weight of CE against the OLS soft label", 0.0, math.inf),
+        # --init already names the student's initial weights
+        "init": Param(str, "zeros", "initial S: zeros (official CIFAR/ImageNet) or uniform",
+                      choices=("zeros", "uniform"), flag="ols-init"),
     }
 
     def setup(self) -> None:
-        inf = float("inf")
-        self.w_hard = self.float_in("w_hard", 0.0, inf)
-        self.w_soft = self.float_in("w_soft", 0.0, inf)
+        self.w_hard = float(self.hparams["w_hard"])
+        self.w_soft = float(self.hparams["w_soft"])
         if self.w_hard + self.w_soft <= 0:
             raise LabelenhError(
                 f"method 'ols': w_hard + w_soft must be > 0, got {self.w_hard} and {self.w_soft}"
             )
-        init = self.choice("init", ("zeros", "uniform"))
+        init = self.hparams["init"]
         C = self.num_classes
         self.S = torch.zeros(C, C) if init == "zeros" else torch.full((C, C), 1.0 / C)  # [C, C]
         self.A = torch.zeros(C, C)  # [C, C] sum of correct samples' softmax, per true class
@@ -77,7 +81,9 @@ class OnlineLabelSmoothing(Method):
         total = mix.sum(dim=-1, keepdim=True)
         return torch.where(total > 0, mix / total.clamp_min(1e-30), hard)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         return {
             "ce": self.w_hard * soft_cross_entropy(logits, inp.hard),
             "ols": self.w_soft * soft_cross_entropy(logits, self.soft_target(inp)),

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from labelenh.errors import LabelenhError
 from labelenh.losses import soft_cross_entropy, upcast
-from labelenh.methods.base import Method, MethodInputs, Param, register
+from labelenh.methods.base import Method, MethodContext, MethodInputs, Param, register
 
 
 def smooth(hard: Tensor, alpha: float) -> Tensor:
@@ -27,11 +27,14 @@ class Vanilla(Method):
     """Cross-entropy against the hard target (one-hot, or the view's mixed label weights)."""
 
     summary = "soft CE against the (possibly mixed) one-hot label"
+    formula = "CE(hard)"
 
     def target(self, inp: MethodInputs) -> Tensor:
         return upcast(inp.hard)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         return {"ce": soft_cross_entropy(logits, inp.hard)}
 
 
@@ -43,17 +46,20 @@ class LabelSmoothing(Method):
     """
 
     summary = "label smoothing: (1-alpha)*hard + alpha/C"
+    formula = "softCE((1 - alpha)*hard + alpha/C)"
     params = {
-        "alpha": Param(float, 0.1, "smoothing mass moved to the uniform distribution, [0, 1]")
+        "alpha": Param(float, 0.1, "smoothing mass moved to the uniform distribution", 0.0, 1.0)
     }
 
     def setup(self) -> None:
-        self.alpha = self.float_in("alpha", 0.0, 1.0)
+        self.alpha = float(self.hparams["alpha"])
 
     def target(self, inp: MethodInputs) -> Tensor:
         return smooth(inp.hard, self.alpha)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         return {"ce": soft_cross_entropy(logits, self.target(inp))}
 
 
@@ -70,17 +76,19 @@ class GeneralizedLabelSmoothing(Method):
     """
 
     summary = "generalized/negative LS: wa*CE + wb*[(1-r)*NLL + r*mean(-log p)]"
+    formula = "wa*CE(hard) + wb*[(1 - r)*CE(hard) + r*mean_c(-log p_c)]"
     allows_negative = True
     params = {
-        "r": Param(float, 0.1, "smooth rate, <= 1; negative values give negative label smoothing"),
-        "wa": Param(float, 0.0, "weight of the plain CE term, >= 0"),
-        "wb": Param(float, 1.0, "weight of the GLS term, >= 0 (wa + wb > 0)"),
+        "r": Param(float, 0.1, "smooth rate; negative values give negative label smoothing",
+                   -math.inf, 1.0, lo_open=True, flag="smooth-rate"),
+        "wa": Param(float, 0.0, "weight of the plain CE term", 0.0, math.inf),
+        "wb": Param(float, 1.0, "weight of the GLS term (wa + wb > 0)", 0.0, math.inf),
     }
 
     def setup(self) -> None:
-        self.r = self.float_in("r", -math.inf, 1.0, lo_open=True)
-        self.wa = self.float_in("wa", 0.0, math.inf)
-        self.wb = self.float_in("wb", 0.0, math.inf)
+        self.r = float(self.hparams["r"])
+        self.wa = float(self.hparams["wa"])
+        self.wb = float(self.hparams["wb"])
         if self.wa + self.wb <= 0:
             raise LabelenhError(
                 f"method 'gls': wa + wb must be > 0, got wa={self.wa}, wb={self.wb}"
@@ -93,7 +101,9 @@ class GeneralizedLabelSmoothing(Method):
     def target(self, inp: MethodInputs) -> Tensor:
         return smooth(inp.hard, self.effective_rate)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         nll = soft_cross_entropy(logits, inp.hard)
         smooth_term = -F.log_softmax(upcast(logits), dim=-1).mean(dim=-1).mean()  # mean_i mean_c
         return {

@@ -1,7 +1,8 @@
 """Teacher-driven targets: SL, En-SL (soft CE against a teacher distribution) and KD, KD-SL.
 
 `inp.teacher_logits` is [B, M, C]: M = 1 for one teacher, M > 1 for an ensemble, combined by
-`ensemble_probs` (prob-mean by default: mean_m softmax(z_m/T); logit-mean as an option).
+`ensemble_probs` (prob-mean by default: mean_m softmax(z_m/T); logit-mean and per-sample
+confidence weights as options).
 For `sl`, `en-sl`, `kd-sl` and `ils` the logits come from the soft-label store, for the exact
 view the student sees; for `kd` the engine runs the teacher(s) online on that same batch.
 """
@@ -11,17 +12,23 @@ from __future__ import annotations
 from torch import Tensor
 
 from labelenh.losses import (
-    ENSEMBLE_RULES,
     KL_REDUCTIONS,
     ensemble_probs,
     kd_kl,
     soft_cross_entropy,
+    standardize,
     upcast,
 )
-from labelenh.methods.base import Method, MethodInputs, Param, register
-
-T_PARAM = Param(float, 1.0, "teacher softmax temperature, > 0")
-ENSEMBLE_PARAM = Param(str, "prob-mean", "how M teachers combine: prob-mean or logit-mean")
+from labelenh.methods.base import (
+    ENSEMBLE_PARAM,
+    STAND_PARAM,
+    T_PARAM,
+    Method,
+    MethodContext,
+    MethodInputs,
+    Param,
+    register,
+)
 
 
 @register("en-sl")
@@ -35,16 +42,19 @@ class EnsembleSoftLabel(Method):
 
     teacher = "store"
     summary = "soft CE against the mean of several stored teachers' softmax"
+    formula = "softCE(p_bar), p_bar = ensemble of the teachers' softmax at T"
     params = {"T": T_PARAM, "ensemble": ENSEMBLE_PARAM}
 
     def setup(self) -> None:
-        self.T = self.positive("T")
-        self.rule = self.choice("ensemble", ENSEMBLE_RULES)
+        self.T = float(self.hparams["T"])
+        self.rule = self.hparams["ensemble"]
 
     def target(self, inp: MethodInputs) -> Tensor:
-        return ensemble_probs(self.teacher_logits(inp), self.T, self.rule)  # [B, C]
+        return ensemble_probs(self.teacher_logits(inp), self.T, self.rule, hard=inp.hard)  # [B, C]
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
         return {"sl": soft_cross_entropy(logits, self.target(inp))}
 
 
@@ -57,6 +67,7 @@ class SoftLabel(EnsembleSoftLabel):
     """
 
     summary = "soft CE against the stored teacher's softmax at temperature T"
+    formula = "softCE(softmax(z_t / T))"
 
 
 @register("kd")
@@ -76,35 +87,46 @@ class KnowledgeDistillation(Method):
     the loss equals softCE(target) minus the teacher entropy (a constant). At T ≠ 1 the KD
     term matches the softened student instead, so it is the label the loss pulls towards,
     not a target the loss is a CE against.
+
+    `logit_stand` z-scores both logits before the tempered softmax (Sun et al., CVPR 2024):
+    the KL then reads KL(softmax(std(z_t)/T) ‖ softmax(std(z_s)/T)); the CE term keeps the
+    raw student logits, as in the paper's code.
     """
 
     teacher = "online"
     summary = "online KD: alpha*CE + (1-alpha)*T^2*KL(teacher_T || student_T)"
+    formula = "alpha*CE(hard) + (1 - alpha)*T^2*KL(p_bar_T || softmax(z_s / T)), KL batchmean"
     params = {
-        "alpha": Param(
-            float, 0.9, "weight of CE against the hard label, [0, 1]; KD gets 1 - alpha"
-        ),
-        "T": Param(float, 3.0, "distillation temperature, > 0"),
+        "alpha": Param(float, 0.9, "weight of CE against the hard label; KD gets 1 - alpha",
+                       0.0, 1.0),
+        "T": T_PARAM._replace(default=3.0, help="distillation temperature"),
         "ensemble": ENSEMBLE_PARAM,
         "kl_reduction": Param(
-            str, "batchmean", "batchmean (correct KL) or elementwise-mean (the original code's KL / C)"
+            str, "batchmean", "batchmean (correct KL) or elementwise-mean (the original code's KL / C)",
+            choices=KL_REDUCTIONS,
         ),
+        "logit_stand": STAND_PARAM,
     }
 
     def setup(self) -> None:
-        self.alpha = self.float_in("alpha", 0.0, 1.0)
-        self.T = self.positive("T")
-        self.rule = self.choice("ensemble", ENSEMBLE_RULES)
-        self.kl_reduction = self.choice("kl_reduction", KL_REDUCTIONS)
+        self.alpha = float(self.hparams["alpha"])
+        self.T = float(self.hparams["T"])
+        self.rule = self.hparams["ensemble"]
+        self.kl_reduction = self.hparams["kl_reduction"]
+        self.stand = bool(self.hparams["logit_stand"])
 
     def teacher_probs(self, inp: MethodInputs) -> Tensor:
-        return ensemble_probs(self.teacher_logits(inp), self.T, self.rule)  # [B, C]
+        return ensemble_probs(self.teacher_logits(inp), self.T, self.rule, hard=inp.hard,
+                              standardized=self.stand)  # [B, C]
 
     def target(self, inp: MethodInputs) -> Tensor:
         return self.alpha * upcast(inp.hard) + (1.0 - self.alpha) * self.teacher_probs(inp)
 
-    def loss(self, logits: Tensor, inp: MethodInputs) -> dict[str, Tensor]:
-        kl = kd_kl(logits, self.teacher_probs(inp), self.T, reduction=self.kl_reduction)
+    def loss(
+        self, logits: Tensor, inp: MethodInputs, ctx: MethodContext | None = None
+    ) -> dict[str, Tensor]:
+        zs = standardize(logits) if self.stand else logits
+        kl = kd_kl(zs, self.teacher_probs(inp), self.T, reduction=self.kl_reduction)
         return {
             "ce": self.alpha * soft_cross_entropy(logits, inp.hard),
             "kd": (1.0 - self.alpha) * kl,
@@ -120,3 +142,4 @@ class KDSoftLabel(KnowledgeDistillation):
 
     teacher = "store"
     summary = "KD loss with the stored (ensemble) soft label in place of an online teacher"
+    formula = "alpha*CE(hard) + (1 - alpha)*T^2*KL(p_bar_T || softmax(z_s / T)), p_bar from the store"

@@ -52,16 +52,31 @@ def _mean_curve(histories: list[list[dict[str, Any]]], value) -> tuple | None:
     return np.array(epochs), mean, (None if np.isnan(std).all() else std)
 
 
-def _test_acc_percent(rec: dict[str, Any]) -> float | None:
-    v = (rec.get("test") or {}).get("acc1")
-    return 100 * v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def _test(metric: str, scale: float = 1.0):
+    """Per-epoch record -> scale × the test split's `metric`, or None where it was not logged."""
+    def value(rec: dict[str, Any]) -> float | None:
+        v = (rec.get("test") or {}).get(metric)
+        return scale * v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return value
+
+
+# (y label, value of a metrics.jsonl record); the learning rate is drawn on a log scale
+CURVES = (
+    ("test Acc@1 (%)", _test("acc1", 100)),
+    ("train loss", lambda r: r.get("train_loss")),
+    ("test NLL", _test("nll")),
+    ("test ECE (%)", _test("ece", 100)),
+    ("test ECE after TS (%)", _test("ece_ts", 100)),
+    ("learning rate", lambda r: r.get("lr")),
+)
 
 
 def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
-    """Test Acc@1 and train loss against the epoch, one line per row (mean ± std over seeds)."""
+    """Test Acc@1, train loss, test NLL, test ECE (and after TS, where runs have it) and the
+    learning rate against the epoch, one line per row (mean ± std over seeds)."""
     from labelenh.plots import training_curves
 
-    acc, loss = [], []
+    panels: list[tuple[str, list]] = [(label, []) for label, _ in CURVES]
     for row in rows:
         histories = []
         for run in row.runs:
@@ -69,15 +84,13 @@ def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
             if bad:
                 notes.append(f"{run.path / 'metrics.jsonl'}: skipped {bad} unreadable line(s)")
             histories.append(hist)
-        test = _mean_curve(histories, _test_acc_percent)
-        train = _mean_curve(histories, lambda r: r.get("train_loss"))
-        if test is not None:
-            acc.append((row.label(), *test))
-        if train is not None:
-            loss.append((row.label(), *train))
-    if not acc and not loss:
+        for (_, value), (_, series) in zip(CURVES, panels, strict=True):
+            curve = _mean_curve(histories, value)
+            if curve is not None:
+                series.append((row.label(), *curve))
+    if not any(series for _, series in panels):
         return None
-    return training_curves([("test Acc@1 (%)", acc), ("train loss", loss)], path)
+    return training_curves(panels, path, log_y=("learning rate",))
 
 
 def _data_settings(data: dict[str, Any]):
@@ -123,7 +136,7 @@ def diagrams(rows: list[Row], path: Path, notes: list[str], *, device: str = "au
 
     dev = resolve_device(device)
     bundles: dict[str, Any] = {}  # one load per distinct data config
-    panels = []
+    panels, extra = [], []
     for row in rows:
         run = row.runs[0]
         try:
@@ -133,6 +146,10 @@ def diagrams(rows: list[Row], path: Path, notes: list[str], *, device: str = "au
             continue
         seed = "" if run.seed is None else f", seed {run.seed}"
         panels.append((f"{row.label()}{seed}", logits, labels))
+        # the run's own ECE after TS (T fitted on its validation split), same bins only
+        same_bins = (run.config.get("train") or {}).get("ece_bins", n_bins) == n_bins
+        extra.append({"ece_ts": run.metric("last", "ece_ts") if same_bins else None,
+                      "temperature": run.metric("last", "temperature") if same_bins else None})
     if not panels:
         return None
-    return reliability_grid(panels, path, n_bins=n_bins)
+    return reliability_grid(panels, path, n_bins=n_bins, extra=extra)

@@ -11,7 +11,9 @@ from typing import Any
 from labelenh.errors import LabelenhError
 from labelenh.views import augments  # a student whose --aug changes the image is "aug-<method>"
 
-METRICS = ("acc1", "nll", "ece", "brier")
+# The table's metrics; runs made before metrics after temperature scaling existed show a dash
+# for ece_ts and temperature.
+METRICS = ("acc1", "acc5", "nll", "ece", "ece_ts", "mce", "brier", "temperature")
 EPOCHS = ("last", "best")
 TEACHER_STAGES = ("teach", "import")
 

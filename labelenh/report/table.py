@@ -11,12 +11,16 @@ from typing import Any
 import numpy as np
 
 from labelenh.errors import LabelenhError
+from labelenh.metrics import METRIC_KEYS
 from labelenh.report.runs import EPOCHS, METRICS, RunRecord
+from labelenh.temperature import TS_KEYS
 
 GROUP_BY = ("method", "model", "teachers", "dataset")
-LABELS = {"acc1": "Acc@1 (%)", "nll": "NLL", "ece": "ECE (%)", "brier": "Brier"}
-PERCENT = {"acc1", "ece"}  # shown in percent, as the original papers' tables do
+LABELS = {"acc1": "Acc@1 (%)", "acc5": "Acc@5 (%)", "nll": "NLL", "ece": "ECE (%)",
+          "ece_ts": "ECE after TS (%)", "mce": "MCE (%)", "brier": "Brier", "temperature": "T"}
+PERCENT = {"acc1", "acc5", "ece", "ece_ts", "mce"}  # in percent, as the original papers' tables
 DASH = "—"
+TIDY_METRICS = (*METRIC_KEYS, *(f"{k}_ts" for k in TS_KEYS), "temperature", "n")
 
 
 @dataclass
@@ -170,7 +174,8 @@ def to_markdown(rows: list[Row], group_by: str = "method") -> str:
     lines.append(
         "Test metrics, mean ± std (ddof=1) over seeds. last: final epoch; best: the epoch chosen "
         "by validation NLL (val_nll) or, without a validation split, by test Acc@1 (test_acc1, "
-        "optimistic)."
+        "optimistic). ECE after TS: test ECE of logits / T, T fitted on the validation split by "
+        "minimising NLL (— where a run has no validation split)."
     )
     return "\n".join(lines) + "\n"
 
@@ -198,3 +203,36 @@ def to_csv(rows: list[Row]) -> str:
         line.append(";".join(str(x.path) for x in r.runs))
         w.writerow(line)
     return buf.getvalue()
+
+
+def tidy_header() -> list[str]:
+    return ["run", "method", "model", "teachers", "dataset", "settings", "seed", "epoch_kind", "epoch",
+            "selected_by", "split", *TIDY_METRICS, "path"]
+
+
+def to_tidy_csv(rows: list[Row]) -> str:
+    """One line per run × epoch kind (last, best) × split (test, val) the run evaluated, every
+    metric it recorded as a fraction at full precision (empty where it has none)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(tidy_header())
+    for r in rows:
+        for run in r.runs:
+            for kind in EPOCHS:
+                entry = run.summary.get(kind) or {}
+                for split in ("test", "val"):
+                    m = entry.get(split)
+                    if not isinstance(m, dict):
+                        continue
+                    selected = entry.get("selected_by") if kind == "best" else ""
+                    w.writerow([run.name, r.method, r.model, r.teachers, r.dataset, r.settings,
+                                "" if run.seed is None else run.seed, kind, entry.get("epoch", ""),
+                                selected or "", split, *(_number(m.get(k)) for k in TIDY_METRICS),
+                                str(run.path)])
+    return buf.getvalue()
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return ""
+    return str(v) if isinstance(v, int) else repr(v)  # floats round-trip

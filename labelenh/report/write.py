@@ -9,7 +9,7 @@ from labelenh import bounds as B
 from labelenh.errors import LabelenhError, OutputError
 from labelenh.report import figures
 from labelenh.report.runs import collect_runs
-from labelenh.report.table import Row, aggregate, to_csv, to_markdown
+from labelenh.report.table import Row, aggregate, to_csv, to_markdown, to_tidy_csv
 from labelenh.utils import atomic_write
 
 FORMATS = ("md", "csv", "both")
@@ -38,7 +38,8 @@ def write_report(
     device: str = "auto",
     n_bins: int = 15,
 ) -> Report:
-    """Collect runs, aggregate them over seeds and write report.md / report.csv and the figures
+    """Collect runs, aggregate them over seeds and write report.md / report.csv (one row per
+    table row) / runs.csv (tidy: one row per run × epoch kind × split) and the figures
     (acc-vs-ece.png, curves.png and, with `diagrams`, reliability.png) into `out`.
 
     A figure that cannot be drawn (matplotlib missing, the dataset or a checkpoint not here)
@@ -58,6 +59,7 @@ def write_report(
         report.files.append(_write_text(out / "report.md", markdown))
     if fmt in ("csv", "both"):
         report.files.append(_write_text(out / "report.csv", to_csv(rows)))
+        report.files.append(_write_text(out / "runs.csv", to_tidy_csv(rows)))
     drawers = []
     if plots:
         drawers += [("accuracy-vs-ECE scatter", lambda: figures.scatter(rows, out / "acc-vs-ece.png")),
