@@ -24,6 +24,7 @@ from torch import nn
 
 from labelenh import bounds as B
 from labelenh import distributed as dist
+from labelenh.amp import AMP_MODES, autocast_dtype
 from labelenh.checkpoint import (
     ENGINE_FIELDS,
     RESUME_FIELDS,
@@ -46,7 +47,6 @@ from labelenh.utils import (
 
 SCHEDULES = ("multistep", "cosine", "constant")
 RUN_FILES = ["checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "config.json", "env.json"]
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -174,16 +174,6 @@ class Task(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 @torch.inference_mode()

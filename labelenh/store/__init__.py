@@ -7,18 +7,13 @@ Layout and attributes: labelenh.store.schema.
 """
 
 from labelenh.store.dataset import StoreBatches, StoreDataset, collate, epoch_views  # noqa: F401
-from labelenh.store.export import (
-    ExportResult,
-    Teacher,
-    export_soft_labels,
-    load_teachers,
-    teacher_from_model,
-    verify_rows,
-)
+from labelenh.store.export import ExportResult, export_soft_labels
 from labelenh.store.inspect import format_info, store_info, verify_store
 from labelenh.store.reader import SoftLabelStore
 from labelenh.store.schema import FORMAT, SCHEMA, LogitFormat
+from labelenh.store.teachers import Teacher, load_teachers, teacher_from_model
 from labelenh.store.topk import topk_compress, topk_dense
+from labelenh.store.verify import verify_rows
 
 __all__ = ["FORMAT", "SCHEMA", "ExportResult", "LogitFormat", "SoftLabelStore", "Teacher",
            "export_soft_labels", "format_info", "load_teachers", "store_info", "teacher_from_model",

@@ -30,15 +30,9 @@ import numpy as np
 import torch
 
 from labelenh.errors import LabelenhError
-from labelenh.store.export import (
-    ExportResult,
-    Teacher,
-    TeacherRunner,
-    _pack,
-    resolve_amp,
-    staging_path,
-    write_plan,
-)
+from labelenh.store.compute import pack_chunk
+from labelenh.store.export import ExportResult, write_plan
+from labelenh.store.prepare import staging_path
 from labelenh.store.reader import (
     SoftLabelStore,
     check_structure,
@@ -57,6 +51,7 @@ from labelenh.store.schema import (
     decode_attrs,
     dedupe_names,
 )
+from labelenh.store.teachers import Teacher, TeacherRunner, export_amp
 
 # What must agree between stores whose teachers are merged (their recipes are compared too).
 SAME_FOR_MERGE = ("dataset", "fingerprint", "num_samples", "num_classes", "num_views", "view_spec",
@@ -161,7 +156,7 @@ class StoredOutputs:
         for rec_ in plan.teachers:
             if rec_.name in new:
                 zc, zv = new[rec_.name]
-                outputs[rec_.name] = _pack(zc, zv, b, v, plan.fmt, plan.num_classes)
+                outputs[rec_.name] = pack_chunk(zc, zv, b, v, plan.fmt, plan.num_classes)
             else:
                 outputs[rec_.name] = self._kept(plan, rec_.name, c, idx, rows)
         return labels, records, outputs
@@ -187,7 +182,7 @@ class StoredOutputs:
             return TeacherChunk(clean, views, kl)
         zc = st._gather("clean", idx, [r.name])[:, 0]  # float32 [B, C]
         zv = st._gather("views", rows, [r.name])[:, 0] if v else None  # [B*V, C]
-        return _pack(zc, zv, b, v, plan.fmt, plan.num_classes)
+        return pack_chunk(zc, zv, b, v, plan.fmt, plan.num_classes)
 
 
 def _provenance(operation: str, sources: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -216,7 +211,7 @@ def add_teacher(store: str | Path, teachers: list[Teacher], source: Any, *, devi
     store = Path(store)
     plan, src = read_plan(store)
     device = torch.device(device)
-    amp = resolve_amp(amp, device)
+    amp = export_amp(amp, device)
     if not teachers:
         raise LabelenhError("no teacher given: pass --teacher RUN_OR_CHECKPOINT")
     want = {"device": device.type, "amp": amp}

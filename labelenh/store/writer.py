@@ -71,7 +71,7 @@ def stamp_attrs(f: h5py.File) -> None:
 
 def check_free_space(folder: Path, need: int, what: Path) -> None:
     """Refuse, in one line with the numbers, a store that the disk cannot hold."""
-    from labelenh.store.export import human_bytes
+    from labelenh.store.progress import human_bytes
 
     try:
         free = shutil.disk_usage(folder).free
