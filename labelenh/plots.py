@@ -10,13 +10,13 @@ import numpy as np
 from torch import Tensor
 
 from labelenh.errors import LabelenhError
+from labelenh.files import atomic_write
 from labelenh.metrics import (
     DEFAULT_BINS,
     CalibrationBins,
     calibration_bins,
     classification_metrics,
 )
-from labelenh.utils import atomic_write
 
 
 def _figure(width: float, height: float) -> Any:

@@ -21,14 +21,17 @@ from labelenh.checkpoint import (
     state_dict_of,
 )
 from labelenh.data import DatasetBundle, load_dataset, resolve_crop_pct
+from labelenh.devices import resolve_device
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
 from labelenh.errors import LabelenhError, OutputError
+from labelenh.files import write_json
 from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.provenance import environment
+from labelenh.rng import derive_seed
 from labelenh.temperature import fit_temperature, scaled_metrics
-from labelenh.utils import derive_seed, environment, resolve_device, write_json
 from labelenh.views import ViewSpec
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from labelenh.errors import LabelenhError
-from labelenh.utils import atomic_write
+from labelenh.files import atomic_write
 
 
 def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:

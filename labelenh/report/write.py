@@ -7,10 +7,10 @@ from pathlib import Path
 
 from labelenh import bounds as B
 from labelenh.errors import LabelenhError, OutputError
+from labelenh.files import atomic_write
 from labelenh.report import figures
 from labelenh.report.runs import collect_runs
 from labelenh.report.table import Row, aggregate, to_csv, to_markdown, to_tidy_csv
-from labelenh.utils import atomic_write
 
 FORMATS = ("md", "csv", "both")
 

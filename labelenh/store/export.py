@@ -64,7 +64,7 @@ from labelenh.store.teachers import (
 )
 from labelenh.store.verify import verify_rows
 from labelenh.store.writer import StoreWriter, estimate_size, fsync
-from labelenh.utils import write_error
+from labelenh.write_errors import write_error
 
 # Export's parts live in their own modules (teachers, compute, prepare, verify, progress); the
 # names callers have always imported from here stay importable from here.

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from labelenh.errors import LabelenhError
-from labelenh.store.reader import (
+from labelenh.store.checks import (
     check_structure,
     checksum_problems,
     content_problems,

@@ -10,7 +10,7 @@ import numpy as np
 
 from labelenh.errors import LabelenhError
 from labelenh.store import shards
-from labelenh.store.reader import open_h5, read_root_attrs
+from labelenh.store.checks import open_h5, read_root_attrs
 from labelenh.store.schema import DEFAULT_CHUNK_SIZE, StorePlan
 from labelenh.store.writer import StoreWriter, create_store
 

@@ -28,7 +28,7 @@ def tolerance(fmt: LogitFormat, compute: dict[str, str]) -> tuple[float, float]:
 def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 0) -> dict[str, Any]:
     """Re-run the teachers on k random stored samples (clean, and one random view each, replayed
     from the stored recipe) and compare with the stored logits. Raises LabelenhError on mismatch."""
-    from labelenh.utils import generator
+    from labelenh.rng import generator
 
     store = SoftLabelStore.open(path, preload=False)
     n, v, cs = store.num_samples, store.num_views, int(store.attrs["chunk_size"])
@@ -49,7 +49,7 @@ def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 
         rows = samples.numpy() if views is None else samples.numpy() * v + views.numpy()
         m = torch.zeros(len(samples), len(store.teachers), store.num_classes, dtype=torch.bool)
         for t, name in enumerate(store.teachers):
-            idx = store._take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
+            idx = store.data.take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
             m[:, t].scatter_(1, torch.from_numpy(idx), True)
         return m
 
