@@ -15,7 +15,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -202,10 +202,6 @@ def predict(
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs), torch.cat(labels)
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end training cleanly after the current epoch's checkpoint."""
 
 
 @dataclass
@@ -598,7 +594,3 @@ def _print_epoch(r: dict[str, Any]) -> None:
             parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}{ts}")
     parts.append(f"{r['train_time_s']:.1f}s")
     print(" | ".join(parts), file=sys.stderr, flush=True)
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -94,7 +94,7 @@ def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
 
 
 def _data_settings(data: dict[str, Any]):
-    from labelenh.teach import DataSettings
+    from labelenh.data.settings import DataSettings
 
     known = {f.name for f in fields(DataSettings)}
     return DataSettings(**{k: v for k, v in data.items() if k in known})
