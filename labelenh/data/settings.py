@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from labelenh.data.base import DatasetBundle
-from labelenh.data.registry import load_dataset, resolve_crop_pct
+from labelenh.data.load import load_dataset
+from labelenh.data.registry import resolve_crop_pct
 
 
 @dataclass

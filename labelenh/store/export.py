@@ -143,11 +143,7 @@ def export_soft_labels(
     out = Path(out)
     if out.is_dir():
         raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
-    rank = dist.rank()
-    if chunk_size is None:
-        # rank 0 decides: the others may not open the store while rank 0 holds it open
-        chunk_size = dist.broadcast_object(
-            (DEFAULT_CHUNK_SIZE if overwrite else existing_chunk_size(out)) if rank == 0 else None)
+    chunk_size = _chunk_size(out, chunk_size, overwrite)
     device = torch.device(device)
     amp = export_amp(amp, device)
     fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
@@ -175,6 +171,15 @@ class _Job:
     writer: StoreWriter | None = None  # rank 0's, open on `target`
     state: str = ""  # "new" | "resume" | "complete"
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # bool [chunks]
+
+
+def _chunk_size(out: Path, chunk_size: int | None, overwrite: bool) -> int | None:
+    """The chunk size asked for, else the existing store's (a resume needs no --batch-size),
+    else the default. Rank 0 decides: the others may not open the store while rank 0 holds it."""
+    if chunk_size is not None:
+        return chunk_size
+    return dist.broadcast_object(
+        (DEFAULT_CHUNK_SIZE if overwrite else existing_chunk_size(out)) if dist.rank() == 0 else None)
 
 
 def write_plan(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, *, overwrite: bool = False,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from labelenh.errors import LabelenhError
+from labelenh.rng import generator
 from labelenh.store.reader import SoftLabelStore
 from labelenh.store.schema import LogitFormat
 from labelenh.store.teachers import TeacherRunner
@@ -28,8 +29,6 @@ def tolerance(fmt: LogitFormat, compute: dict[str, str]) -> tuple[float, float]:
 def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 0) -> dict[str, Any]:
     """Re-run the teachers on k random stored samples (clean, and one random view each, replayed
     from the stored recipe) and compare with the stored logits. Raises LabelenhError on mismatch."""
-    from labelenh.rng import generator
-
     store = SoftLabelStore.open(path, preload=False)
     n, v, cs = store.num_samples, store.num_views, int(store.attrs["chunk_size"])
     g = generator(seed, "verify-rows")
@@ -42,32 +41,14 @@ def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 
                  for sl in torch.arange(len(samples)).split(cs)]
         return torch.cat(parts)
 
-    def mask(part: str, views: torch.Tensor | None) -> torch.Tensor | None:
-        # top-k: only the stored classes are exact; compare the logits there
-        if not store.format.is_topk:
-            return None
-        rows = samples.numpy() if views is None else samples.numpy() * v + views.numpy()
-        m = torch.zeros(len(samples), len(store.teachers), store.num_classes, dtype=torch.bool)
-        for t, name in enumerate(store.teachers):
-            idx = store.data.take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
-            m[:, t].scatter_(1, torch.from_numpy(idx), True)
-        return m
-
     checks.append((store.clean_logits(samples), fresh(lambda sl: runner.clean_images(samples[sl])),
-                   mask("clean", None)))
+                   _topk_mask(store, samples, None)))
     if v:
         views = torch.randint(v, (len(samples),), generator=g)
         rec = store.recipes(samples, views)
         checks.append((store.view_logits(samples, views), fresh(lambda sl: runner.view_images(rec[sl])),
-                       mask("views", views)))
-    max_diff, worst = 0.0, 0.0
-    for stored, new, m in checks:
-        diff = (stored - new).abs()
-        ratio = diff / (atol + rtol * new.abs())
-        if m is not None:
-            diff, ratio = diff[m], ratio[m]
-        max_diff = max(max_diff, float(diff.max()) if diff.numel() else 0.0)
-        worst = max(worst, float(ratio.max()) if ratio.numel() else 0.0)
+                       _topk_mask(store, samples, views)))
+    max_diff, worst = _compare(checks, atol, rtol)
     store.close()
     report = {"rows": len(samples), "views": bool(v), "max_abs_diff": max_diff,
               "atol": atol, "rtol": rtol, "ok": worst <= 1.0}
@@ -78,3 +59,31 @@ def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 
         )
     return report
 
+
+def _topk_mask(store: SoftLabelStore, samples: torch.Tensor, views: torch.Tensor | None
+               ) -> torch.Tensor | None:
+    """bool [K, M, C]: the classes a top-k store holds of these rows (None when dense); only
+    they are exact, so the logits are compared there."""
+    if not store.format.is_topk:
+        return None
+    part = "clean" if views is None else "views"
+    rows = samples.numpy() if views is None else samples.numpy() * store.num_views + views.numpy()
+    m = torch.zeros(len(samples), len(store.teachers), store.num_classes, dtype=torch.bool)
+    for t, name in enumerate(store.teachers):
+        idx = store.data.take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
+        m[:, t].scatter_(1, torch.from_numpy(idx), True)
+    return m
+
+
+def _compare(checks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], atol: float,
+             rtol: float) -> tuple[float, float]:
+    """(largest |stored - new|, largest ratio of it to the tolerance) over (stored, new, mask)."""
+    max_diff, worst = 0.0, 0.0
+    for stored, new, m in checks:
+        diff = (stored - new).abs()
+        ratio = diff / (atol + rtol * new.abs())
+        if m is not None:
+            diff, ratio = diff[m], ratio[m]
+        max_diff = max(max_diff, float(diff.max()) if diff.numel() else 0.0)
+        worst = max(worst, float(ratio.max()) if ratio.numel() else 0.0)
+    return max_diff, worst
