@@ -160,6 +160,7 @@ def export_soft_labels(
     return write_plan(out, plan, runner, spec, overwrite=overwrite, verify=verify, progress=progress,
                       on_chunk=on_chunk, seed=view_seed)
 
+
 @dataclass
 class _Job:
     """One call's export of a plan: the file it writes and how far it is."""

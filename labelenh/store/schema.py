@@ -46,7 +46,6 @@ DEFAULT_CHUNK_SIZE = 256
 MIN_REST = 1e-20  # floor of the tail probability per class in top-k reconstruction
 
 
-
 @dataclass(frozen=True)
 class LogitFormat:
     """How logits are stored: dense fp16/fp32 or top-k (fp16 log-probabilities + fp32 lse)."""

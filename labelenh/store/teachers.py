@@ -63,7 +63,6 @@ def load_teachers(paths: Sequence[str | Path], device: torch.device | str, num_c
     return out
 
 
-
 def export_amp(amp: str, device: torch.device) -> str:
     """The autocast mode an export uses: "off" off CUDA; "auto" means fp16 on CUDA (fp16 keeps
     3 more mantissa bits of the logits than bf16)."""
