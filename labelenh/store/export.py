@@ -140,10 +140,7 @@ def export_soft_labels(
     forward; None = the existing store's (when resuming), else 256.  verify: re-run the teachers
     on this many random stored rows afterwards and compare (LabelenhError when they differ).
     workers: threads decoding an image folder's next chunk (None: the CPU count; 0 counts as 1)."""
-    out = Path(out)
-    if out.is_dir():
-        raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
-    chunk_size = _chunk_size(out, chunk_size, overwrite)
+    out, chunk_size = _out_and_chunk_size(out, chunk_size, overwrite)
     device = torch.device(device)
     amp = export_amp(amp, device)
     fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
@@ -174,12 +171,17 @@ class _Job:
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # bool [chunks]
 
 
-def _chunk_size(out: Path, chunk_size: int | None, overwrite: bool) -> int | None:
-    """The chunk size asked for, else the existing store's (a resume needs no --batch-size),
-    else the default. Rank 0 decides: the others may not open the store while rank 0 holds it."""
+def _out_and_chunk_size(out: str | Path, chunk_size: int | None, overwrite: bool
+                        ) -> tuple[Path, int | None]:
+    """(the store's path, refused when a folder; the chunk size asked for, else the existing
+    store's (a resume needs no --batch-size), else the default). Rank 0 decides the chunk size:
+    the others may not open the store while rank 0 holds it."""
+    out = Path(out)
+    if out.is_dir():
+        raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
     if chunk_size is not None:
-        return chunk_size
-    return dist.broadcast_object(
+        return out, chunk_size
+    return out, dist.broadcast_object(
         (DEFAULT_CHUNK_SIZE if overwrite else existing_chunk_size(out)) if dist.rank() == 0 else None)
 
 
