@@ -15,7 +15,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from labelenh import bounds as B
 from labelenh import distributed as dist
+from labelenh.amp import AMP_MODES, autocast_dtype
 from labelenh.checkpoint import (
     ENGINE_FIELDS,
     RESUME_FIELDS,
@@ -46,7 +47,6 @@ from labelenh.utils import (
 
 SCHEDULES = ("multistep", "cosine", "constant")
 RUN_FILES = ["checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "config.json", "env.json"]
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -176,16 +176,6 @@ class Task(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -212,10 +202,6 @@ def predict(
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs), torch.cat(labels)
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end training cleanly after the current epoch's checkpoint."""
 
 
 @dataclass
@@ -608,7 +594,3 @@ def _print_epoch(r: dict[str, Any]) -> None:
             parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}{ts}")
     parts.append(f"{r['train_time_s']:.1f}s")
     print(" | ".join(parts), file=sys.stderr, flush=True)
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from labelenh.checkpoint import load_teacher
+from labelenh.data.settings import DataSettings
+from labelenh.devices import resolve_device
 from labelenh.engine import predict
 from labelenh.errors import LabelenhError
 from labelenh.metrics import DEFAULT_BINS, check_bins, classification_metrics
 from labelenh.pipeline import ImagePipeline
-from labelenh.teach import DataSettings
 from labelenh.temperature import FIT_SPLITS, fit_temperature, scaled_metrics
-from labelenh.utils import resolve_device
 
 COLUMNS = (("acc1", "Acc@1"), ("acc5", "Acc@5"), ("nll", "NLL"), ("ece", "ECE"), ("adaece", "AdaECE"),
            ("cwece", "cwECE"), ("rmsce", "RMSCE"), ("mce", "MCE"), ("brier", "Brier"))

@@ -80,7 +80,8 @@ class CalibrationBins:
         return math.sqrt(float((self.counts / self.counts.sum() * self.gaps.pow(2)).sum()))
 
 
-def _check(scores: Tensor, labels: Tensor) -> None:
+def check_scores(scores: Tensor, labels: Tensor) -> None:
+    """Refuse what is not logits [N, C] with labels [N], in one line."""
     if not isinstance(scores, Tensor) or not isinstance(labels, Tensor):
         raise LabelenhError("metrics need torch tensors: logits [N, C] and labels [N]")
     if scores.ndim != 2 or labels.ndim != 1 or scores.shape[0] != labels.shape[0]:
@@ -155,7 +156,7 @@ def calibration_bins(
 ) -> CalibrationBins:
     """Bin samples by top-1 confidence. `scores` are logits [N, C], or probabilities if
     `from_logits=False`. Ties in the top score go to the lowest class index (torch.max)."""
-    _check(scores, labels)
+    check_scores(scores, labels)
     check_bins(n_bins, "n_bins")
     scores = scores.detach().to(torch.float64)
     probs = scores.softmax(dim=1) if from_logits else scores  # [N, C]
@@ -171,7 +172,7 @@ def classification_metrics(
     Non-finite logits make every metric but `n` NaN (a diverged model should not crash an
     evaluation, and NaN is what its report should show).
     """
-    _check(logits, labels)
+    check_scores(logits, labels)
     check_bins(n_bins, "n_bins")
     n, c = logits.shape
     z = logits.detach().to(torch.float64)  # [N, C]

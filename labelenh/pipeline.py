@@ -11,8 +11,8 @@ import torch
 from labelenh import distributed as dist
 from labelenh.data import DatasetBundle, ImageSource, TensorImages, normalize
 from labelenh.data.loader import BatchLoader, MakeBatch, as_float_images, resolve_workers
+from labelenh.data.order import epoch_batches
 from labelenh.errors import LabelenhError
-from labelenh.utils import generator
 from labelenh.views import ViewSpec, gather_and_apply, sample_views
 
 
@@ -69,17 +69,8 @@ class ImagePipeline:
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         """This rank's index batches for an epoch: a permutation drawn from (seed, epoch) only,
         split across ranks like DistributedSampler (padded by wrapping so ranks step together)."""
-        n = self.num_train
-        perm = torch.randperm(n, generator=generator(self.seed, "order", epoch))
-        world, rank = dist.world_size(), dist.rank()
-        if world > 1:
-            per_rank = -(-n // world)
-            reps = -(-per_rank * world // n)
-            perm = perm.repeat(reps)[: per_rank * world][rank::world]
-        batches = list(perm.split(self.batch_size))
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()  # a batch of one breaks BatchNorm in train mode
-        return batches
+        return epoch_batches(self.num_train, self.batch_size, self.seed, epoch,
+                             rank=dist.rank(), world=dist.world_size())
 
     def made_batches(self, epoch: int, make: MakeBatch
                      ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:

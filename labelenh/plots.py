@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from labelenh.errors import LabelenhError
+from labelenh.errors import LabelenhError, OutputError
+from labelenh.files import atomic_write
 from labelenh.metrics import (
     DEFAULT_BINS,
     CalibrationBins,
     calibration_bins,
     classification_metrics,
 )
-from labelenh.utils import atomic_write
 
 
 def _figure(width: float, height: float) -> Any:
@@ -143,6 +143,16 @@ def reliability_diagram(
 ) -> Path:
     """Reliability diagram (accuracy per confidence bin, gap, ECE) over a confidence histogram."""
     return reliability_grid([(title, logits, labels)], path, n_bins=n_bins)
+
+
+def write_reliability(path: Path, logits: Tensor, labels: Tensor, bins: int, title: str) -> None:
+    """A run's reliability diagram at `path`; without matplotlib a note instead."""
+    try:
+        reliability_diagram(logits, labels, path, n_bins=bins, title=title)
+    except OutputError:
+        raise  # a full disk must fail the command, though the run's checkpoint is complete
+    except LabelenhError as e:  # matplotlib missing: the run is still valid
+        print(f"labelenh: note: {e}")
 
 
 def _colours(names: Sequence[str]) -> dict[str, Any]:

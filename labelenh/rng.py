@@ -17,7 +17,10 @@ a transcendental may differ, which is why stores keep the sampled recipes and ne
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import torch
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -150,3 +153,16 @@ class CounterRNG:
 def _sub_stream(stream: int, k: int) -> int:
     """A stream id derived from (stream, k), far from the small ids callers use directly."""
     return int(mix64(np.asarray([(int(stream) & _MASK64)], dtype=np.uint64) ^ _U64(0xA5A5 + k))[0])
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, "epoch", 3)), stable across runs."""
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: int | str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator seeded with derive_seed(*parts): torch's own draws, replayable."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(*parts))
+    return g

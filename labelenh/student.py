@@ -21,20 +21,17 @@ from labelenh.checkpoint import (
     resolve_checkpoint_path,
     state_dict_of,
 )
+from labelenh.data.settings import DataSettings
+from labelenh.devices import resolve_device
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.plots import write_reliability as _write_reliability
+from labelenh.rng import derive_seed
 from labelenh.store.dataset import StoreBatches
-from labelenh.teach import (
-    DataSettings,
-    _write_reliability,
-    dataset_record,
-    default_run_name,
-    recorded_data,
-)
-from labelenh.utils import derive_seed, resolve_device
+from labelenh.teach import dataset_record, default_run_name, recorded_data
 from labelenh.views import ViewSpec, get_op, names_views_of
 from labelenh.views import augments as _augments  # --aug changes the image: the store's views
 from labelenh.views.ops import default_base

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,48 +19,21 @@ from labelenh.checkpoint import (
     save_checkpoint,
     state_dict_of,
 )
-from labelenh.data import DatasetBundle, load_dataset, resolve_crop_pct
+from labelenh.data import DatasetBundle
+from labelenh.data.settings import DataSettings  # noqa: F401 - recorded runs and callers import it from here
+from labelenh.devices import resolve_device
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
-from labelenh.errors import LabelenhError, OutputError
+from labelenh.errors import LabelenhError
+from labelenh.files import write_json
 from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
 from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
+from labelenh.plots import write_reliability as _write_reliability
+from labelenh.provenance import environment
+from labelenh.rng import derive_seed
 from labelenh.temperature import fit_temperature, scaled_metrics
-from labelenh.utils import derive_seed, environment, resolve_device, write_json
 from labelenh.views import ViewSpec
-
-
-@dataclass
-class DataSettings:
-    dataset: str = "cifar10-mini"
-    data_root: str | None = None
-    val_split: float = 0.0
-    split_seed: int = 0
-    noise: str | None = None
-    noisy_labels: str | None = None
-    noise_seed: int = 0
-    image_size: int | None = None
-    # an image folder's evaluation crop; None: 1.0, as runs made before it was recorded
-    crop_pct: float | None = None
-
-    def load(self) -> DatasetBundle:
-        return load_dataset(
-            self.dataset,
-            self.data_root,
-            val_split=self.val_split,
-            split_seed=self.split_seed,
-            noise=self.noise,
-            noisy_labels=self.noisy_labels,
-            noise_seed=self.noise_seed,
-            image_size=self.image_size,
-            crop_pct=self.crop_pct,
-        )
-
-    def for_run(self, record: Callable[[], dict[str, Any] | None]) -> DataSettings:
-        """These settings with the crop fraction a run uses (`resolve_crop_pct`): `record()`
-        gives the data the resumed run or the read store was made with, None for a new run."""
-        return replace(self, crop_pct=resolve_crop_pct(self.dataset, self.crop_pct, record))
 
 
 @dataclass
@@ -224,14 +196,3 @@ def import_teacher(
     write_json(run_dir / "summary.json", summary)
     _write_reliability(run_dir / "reliability.png", logits, labels, ece_bins, run_name)
     return summary
-
-
-def _write_reliability(path: Path, logits: torch.Tensor, labels: torch.Tensor, bins: int, title: str) -> None:
-    try:
-        from labelenh.plots import reliability_diagram
-
-        reliability_diagram(logits, labels, path, n_bins=bins, title=title)
-    except OutputError:
-        raise  # a full disk must fail the command, though the run's checkpoint is complete
-    except LabelenhError as e:  # matplotlib missing: the run is still valid
-        print(f"labelenh: note: {e}")

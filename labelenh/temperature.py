@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from labelenh.metrics import DEFAULT_BINS, _check, classification_metrics
+from labelenh.metrics import DEFAULT_BINS, check_scores, classification_metrics
 
 T_MIN, T_MAX = 0.05, 20.0  # far wider than the [0.8, 3.0] of the instance-based-LS code
 LOG_T_TOL = 1e-7  # relative precision of T
@@ -36,7 +36,7 @@ def nll_at(logits: Tensor, labels: Tensor, temperature: float) -> float:
 def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     """The T in [T_MIN, T_MAX] that minimises the NLL of logits [N, C] / T against labels [N];
     NaN when the logits are not all finite."""
-    _check(logits, labels)
+    check_scores(logits, labels)
     z = logits.detach().to(torch.float64)
     y = labels.detach().to(z.device).long()
     if not bool(torch.isfinite(z).all()):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from labelenh.errors import LabelenhError
-from labelenh.utils import atomic_write
+from labelenh.files import atomic_write
 
 
 def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
@@ -27,6 +27,21 @@ def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     elif x.shape[1] != 3:
         raise LabelenhError(f"can draw 1- or 3-channel images, got {x.shape[1]} channels")
     return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _captions(weights: torch.Tensor, class_names: Sequence[str], top: int,
+              titles: Sequence[str] | None) -> list[list[str]]:
+    """Each view's caption lines: its title, then its `top` largest label weights (the first
+    always, the others when above 0)."""
+    wts = weights.detach().cpu().to(torch.float32)
+    vals, idx = wts.topk(min(top, wts.shape[1]), dim=1)
+    captions = []
+    for i in range(wts.shape[0]):
+        lines = [titles[i]] if titles else []
+        lines += [f"{class_names[int(c)]} {float(v):.2f}"
+                  for j, (v, c) in enumerate(zip(vals[i], idx[i], strict=True)) if j == 0 or float(v) > 0]
+        captions.append(lines)
+    return captions
 
 
 def render_views_grid(
@@ -61,14 +76,7 @@ def render_views_grid(
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     font = ImageFont.load_default()
-    wts = weights.detach().cpu().to(torch.float32)
-    vals, idx = wts.topk(min(top, wts.shape[1]), dim=1)
-    captions = []
-    for i in range(n):
-        lines = [titles[i]] if titles else []
-        lines += [f"{class_names[int(c)]} {float(v):.2f}"
-                  for j, (v, c) in enumerate(zip(vals[i], idx[i], strict=True)) if j == 0 or float(v) > 0]
-        captions.append(lines)
+    captions = _captions(weights, class_names, top, titles)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(measure.textlength(t, font=font) for lines in captions for t in lines)
     line_h = 12

@@ -324,8 +324,8 @@ def stage_export(c: Check) -> None:
 
     from labelenh.data import load_dataset
     from labelenh.store import SoftLabelStore, export_soft_labels, load_teachers
-    from labelenh.store.export import _tolerance
     from labelenh.store.schema import LogitFormat
+    from labelenh.store.verify import tolerance
     from labelenh.views import ViewSpec
 
     s = c.sizes
@@ -364,7 +364,7 @@ def stage_export(c: Check) -> None:
     for i, (dev, amp) in enumerate(runs[1:], 1):
         clean, vl, recipes, labels, compute = read(stores[i])
         same_records = recipes.tobytes() == ref[2].tobytes() and np.array_equal(labels, ref[3])
-        atol, rtol = _tolerance(LogitFormat.parse("fp32", k), compute)  # what --verify allows here
+        atol, rtol = tolerance(LogitFormat.parse("fp32", k), compute)  # what --verify allows here
         diff = torch.cat([(clean - ref[0]).abs().flatten(), (vl - ref[1]).abs().flatten()])
         scale = torch.cat([ref[0].abs().flatten(), ref[1].abs().flatten()])
         worst = float((diff / (atol + rtol * scale)).max())

@@ -2,6 +2,7 @@
 
 from labelenh.data.base import DatasetBundle, ImageSource, TensorImages, normalize
 from labelenh.data.folder import FolderImages
+from labelenh.data.load import load_dataset
 from labelenh.data.noise import (
     CIFARN_ALIASES,
     PAIRFLIP_CIFAR10,
@@ -13,7 +14,6 @@ from labelenh.data.noise import (
 from labelenh.data.registry import (
     DATASETS,
     list_datasets,
-    load_dataset,
     register_dataset,
     resolve_crop_pct,
 )

@@ -161,11 +161,17 @@ class DatasetBundle:
 
 
 def normalize(
-    x: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+    x: torch.Tensor,
+    mean: tuple[float, ...] | torch.Tensor,
+    std: tuple[float, ...] | torch.Tensor,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """(x / 255 - mean) / std per channel; x is [B, C, H, W] or [C, H, W] in 0..255.
 
     uint8 input is converted to float32; float input keeps its dtype (fp16/bf16 included).
+    inplace: overwrite a float `x` the caller owns (a block of large images needs no second
+    buffer); the same operations in the same order, so the result is bit-identical.
     """
     if not x.is_floating_point():
         x = x.float()
@@ -175,6 +181,8 @@ def normalize(
         raise LabelenhError(
             f"normalize: {m.shape[0]} means / {s.shape[0]} stds for {x.shape[-3]} channels"
         )
+    if inplace:
+        return x.div_(255.0).sub_(m).div_(s)
     return (x / 255.0 - m) / s
 
 

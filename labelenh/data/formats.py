@@ -235,6 +235,18 @@ def to_nchw(x: np.ndarray, path: Path | str, key: str) -> np.ndarray:
     raise LabelenhError(f"{path}: '{key}' must be [N, H, W, C] or [N, H, W], got shape {x.shape}")
 
 
+def _npz_labels(y: np.ndarray, x: np.ndarray, p: Path, key: str) -> np.ndarray:
+    """int64 labels [N] of the images x, refused unless N non-negative integers."""
+    y = y.reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer) or y.shape[0] != x.shape[0]:
+        raise LabelenhError(
+            f"npz: {p}: '{key}' must be {x.shape[0]} integers, got {y.dtype} {y.shape}"
+        )
+    if y.size and y.min() < 0:
+        raise LabelenhError(f"npz: {p}: '{key}' has a negative label")
+    return y.astype(np.int64)
+
+
 def read_npz(path: str | Path) -> Arrays:
     """An .npz with x_train, y_train, x_test, y_test (HWC or NHW uint8) and optional classes."""
     p = Path(path).expanduser()
@@ -263,16 +275,7 @@ def read_npz(path: str | Path) -> Arrays:
         raise LabelenhError(
             f"npz: {p}: train images {x_train.shape[1:]} vs test {x_test.shape[1:]}"
         )
-    ys = []
-    for key, x in (("y_train", x_train), ("y_test", x_test)):
-        y = arrs[key].reshape(-1)
-        if not np.issubdtype(y.dtype, np.integer) or y.shape[0] != x.shape[0]:
-            raise LabelenhError(
-                f"npz: {p}: '{key}' must be {x.shape[0]} integers, got {y.dtype} {y.shape}"
-            )
-        if y.size and y.min() < 0:
-            raise LabelenhError(f"npz: {p}: '{key}' has a negative label")
-        ys.append(y.astype(np.int64))
+    ys = [_npz_labels(arrs[key], x, p, key) for key, x in (("y_train", x_train), ("y_test", x_test))]
     k = int(max(ys[0].max(initial=-1), ys[1].max(initial=-1))) + 1
     if k > B.NUM_CLASSES.hi:  # before a list of k class names or a k-way model is allocated
         raise LabelenhError(

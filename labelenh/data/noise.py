@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,6 +141,32 @@ def _read_label_file(path: Path) -> object:
     return torch_load_numpy(path)
 
 
+def _pick_array(obj: Any, path: Path, key: str | None) -> tuple[Any, Any]:
+    """(the labels, the key they were under or None) of a label file's contents: a dict's
+    entry named by KEY (or a CIFAR-N alias; the only one when no KEY), else the array itself."""
+    if not isinstance(obj, dict):
+        if key is not None:
+            raise LabelenhError(f"noisy labels: {path} holds a single array, not a dict: drop ':{key}'")
+        return obj, None
+    keys = [str(k) for k in obj]
+    if key is None:
+        if len(obj) != 1:
+            aliases = ", ".join(a for a, k in CIFARN_ALIASES.items() if k in obj)
+            raise LabelenhError(
+                f"noisy labels: {path} holds several arrays ({', '.join(keys)}): "
+                f"pick one with FILE:KEY{f' (aliases: {aliases})' if aliases else ''}"
+            )
+        used_key = next(iter(obj))
+    else:
+        used_key = key if key in obj else CIFARN_ALIASES.get(key)
+        if used_key not in obj:
+            raise LabelenhError(
+                f"noisy labels: {path} has no '{key}': keys are {', '.join(keys)} "
+                f"(aliases: {', '.join(CIFARN_ALIASES)})"
+            )
+    return obj[used_key], used_key
+
+
 def load_noisy_labels(spec: str, num_samples: int, num_classes: int) -> tuple[torch.Tensor, dict]:
     """Labels int64 [N] from 'FILE[:KEY]' (CIFAR-N .pt dict, tensor, .npy, .npz) and a record.
 
@@ -148,28 +175,7 @@ def load_noisy_labels(spec: str, num_samples: int, num_classes: int) -> tuple[to
     are in torchvision/python-pickle order) and cover the full train set.
     """
     path, key = _split_file_key(spec)
-    obj = _read_label_file(path)
-    used_key = None
-    if isinstance(obj, dict):
-        keys = [str(k) for k in obj]
-        if key is None:
-            if len(obj) != 1:
-                aliases = ", ".join(a for a, k in CIFARN_ALIASES.items() if k in obj)
-                raise LabelenhError(
-                    f"noisy labels: {path} holds several arrays ({', '.join(keys)}): "
-                    f"pick one with FILE:KEY{f' (aliases: {aliases})' if aliases else ''}"
-                )
-            used_key = next(iter(obj))
-        else:
-            used_key = key if key in obj else CIFARN_ALIASES.get(key)
-            if used_key not in obj:
-                raise LabelenhError(
-                    f"noisy labels: {path} has no '{key}': keys are {', '.join(keys)} "
-                    f"(aliases: {', '.join(CIFARN_ALIASES)})"
-                )
-        obj = obj[used_key]
-    elif key is not None:
-        raise LabelenhError(f"noisy labels: {path} holds a single array, not a dict: drop ':{key}'")
+    obj, used_key = _pick_array(_read_label_file(path), path, key)
     if isinstance(obj, torch.Tensor):
         arr = obj.detach().cpu().numpy()
     else:

@@ -1,4 +1,5 @@
-"""`load_dataset`: dataset spec -> DatasetBundle (noise applied, validation split taken).
+"""The datasets by kind: each reads both splits of a dataset spec ("cifar10", "npz:<path>",
+...) with its normalisation statistics; `labelenh.data.load.load_dataset` builds the bundle.
 
 Adding a dataset is one `@register_dataset` function here (plus a reader in formats.py if it
 has a new on-disk format).
@@ -12,9 +13,8 @@ synthetic) use statistics computed from their train images; image folders use Im
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,13 @@ import torch.nn.functional as F
 
 from labelenh import bounds as B
 from labelenh.data import formats
-from labelenh.data.base import CROP_PCT, DatasetBundle, TensorImages, channel_stats, resize_geometry
+from labelenh.data.base import (
+    CROP_PCT,
+    TensorImages,
+    channel_stats,
+    resize_geometry,
+)
 from labelenh.data.folder import FolderImages, read_folder
-from labelenh.data.noise import apply_noise, load_noisy_labels
 from labelenh.data.synthetic import make_synthetic
 from labelenh.errors import LabelenhError
 
@@ -254,133 +258,3 @@ def resolve_crop_pct(spec: str, given: float | None,
     if rec is not None:
         return rec.get("crop_pct")  # None: made before crop_pct was recorded, i.e. 1.0
     return CROP_PCT
-
-
-def _split_indices(n: int, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(train rows, val rows), both sorted, from a permutation seeded by `seed`."""
-    if val_split == 0:
-        return torch.arange(n), None
-    n_val = round(val_split * n)
-    if n_val < 1 or n_val >= n:
-        raise LabelenhError(
-            f"val split {val_split} of {n} train samples gives {n_val} validation samples: "
-            "choose a fraction that leaves at least one sample on each side"
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
-def load_dataset(
-    spec: str,
-    data_root: str | Path | None = None,
-    *,
-    val_split: float = 0.0,
-    split_seed: int = 0,
-    noise: str | None = None,
-    noisy_labels: str | None = None,
-    noise_seed: int = 0,
-    image_size: int | None = None,
-    crop_pct: float | None = None,
-) -> DatasetBundle:
-    """Load a dataset by spec (see `list_datasets()`), never downloading anything.
-
-    Order of operations: read both splits; replace the full train set's labels with noisy ones
-    (`noise` = 'symmetric:EPS' | 'pairflip:EPS', seeded by `noise_seed`, or `noisy_labels` =
-    'FILE[:KEY]'); then hold out `val_split` of the train rows (seeded by `split_seed`) as the
-    validation split, whose labels are therefore noisy too. Train and val keep the original row
-    order. `image_size` resizes in-memory datasets (short side, centre crop) and sets the
-    decode size of image folders (default 224) and of synthetic data (default 32). `crop_pct`
-    is an image folder's evaluation geometry: the short side resized to image_size / crop_pct,
-    then a centre crop; None is 1.0, the geometry of stores and runs that do not record one
-    (`resolve_crop_pct` gives new runs the standard 0.875).
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise LabelenhError(f"empty dataset spec: choose one of {', '.join(list_datasets())}")
-    spec = spec.strip()
-    try:
-        vs = float(val_split)
-    except (TypeError, ValueError):
-        vs = math.nan
-    if not 0.0 <= vs < 1.0:
-        raise LabelenhError(f"val split must be a fraction in [0, 1), got {val_split}")
-    if image_size is not None:
-        B.IMAGE_SIZE.check(image_size, "--image-size")
-    if crop_pct is not None:
-        B.CROP_PCT.check(crop_pct, "--crop-pct")
-    B.SEED.check(split_seed, "--split-seed")
-    B.SEED.check(noise_seed, "--noise-seed")
-    noise = None if noise is None or noise.strip().lower() in ("", "none") else noise.strip()
-    if noise is not None and noisy_labels:
-        raise LabelenhError("give either synthetic noise (--noise) or a noisy-label file, not both")
-
-    kind, _, arg = spec.partition(":")
-    kind = kind.lower()
-    if kind not in DATASETS:
-        raise LabelenhError(f"unknown dataset '{spec}': choose one of {', '.join(list_datasets())}")
-    root = None if data_root is None else Path(data_root).expanduser()
-    loaded = DATASETS[kind][0](arg, root, image_size)
-    if crop_pct is not None:
-        if kind not in CROP_KINDS:
-            raise LabelenhError(f"--crop-pct is the evaluation crop of image folders ({', '.join(CROP_KINDS)}), "
-                                f"not of {kind}")
-        loaded = replace(loaded, train=loaded.train.with_crop_pct(crop_pct),
-                         test=loaded.test.with_crop_pct(crop_pct))
-
-    classes, train = loaded.classes, loaded.train
-    k = len(classes)
-    B.NUM_CLASSES.check(k, f"{spec}: the class count")
-    for split, src in (("train", loaded.train), ("test", loaded.test)):
-        if len(src) and int(src.labels.max()) >= k:
-            raise LabelenhError(
-                f"{spec}: {split} label {int(src.labels.max())} but only {k} classes"
-            )
-    n_full = len(train)
-
-    noise_meta = None
-    if noise is not None or noisy_labels:
-        clean = train.labels.cpu()
-        if noise is not None:
-            noisy = apply_noise(clean, noise, k, noise_seed)
-            noise_meta = {"spec": noise, "seed": int(noise_seed)}
-        else:
-            noisy, record = load_noisy_labels(noisy_labels, n_full, k)
-            noise_meta = {"spec": f"file:{noisy_labels}", **record}
-        noise_meta["rate"] = float((noisy != clean).double().mean()) if n_full else 0.0
-        train = train.with_labels(noisy, clean)
-
-    train_idx, val_idx = _split_indices(n_full, vs, split_seed)
-    val = None if val_idx is None else train.subset(val_idx)
-    if val_idx is not None:
-        train = train.subset(train_idx)
-
-    c, h, w = train.image_shape
-    meta = {
-        "dataset": spec,
-        "root": loaded.root,
-        "num_classes": k,
-        "image_shape": [c, h, w],
-        "num_samples": {
-            "train": len(train),
-            "val": 0 if val is None else len(val),
-            "test": len(loaded.test),
-        },
-        "full_train": n_full,
-        "val_split": vs,
-        "split_seed": int(split_seed),
-        "noise": noise_meta,
-    }
-    if kind in CROP_KINDS:
-        meta["crop_pct"] = loaded.train.crop_pct
-    mean, std = loaded.stats
-    return DatasetBundle(
-        name=spec,
-        num_classes=k,
-        classes=classes,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        crop_pad=default_crop_pad(h),
-        train=train,
-        val=val,
-        test=loaded.test,
-        meta=meta,
-    )

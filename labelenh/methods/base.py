@@ -17,6 +17,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
+from labelenh.batch import MethodInputs  # noqa: F401 - the batch inputs methods consume
 from labelenh.errors import LabelenhError
 from labelenh.losses import ENSEMBLE_RULES
 
@@ -99,17 +100,6 @@ class MethodContext:
     step: int = 0
     steps_per_epoch: int = 1
 
-
-@dataclass
-class MethodInputs:
-    """What a method sees of a batch besides the student's logits."""
-
-    # int64 [B]: the sample's own (possibly noisy) label
-    labels: Tensor
-    # float [B, C]: dense hard target (mixed one-hot under a mixing view); rows sum to 1
-    hard: Tensor
-    # float [B, M, C]: stored or online logits of this exact view, M teachers
-    teacher_logits: Tensor | None = None
 
 
 class Method:

@@ -94,7 +94,7 @@ def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
 
 
 def _data_settings(data: dict[str, Any]):
-    from labelenh.teach import DataSettings
+    from labelenh.data.settings import DataSettings
 
     known = {f.name for f in fields(DataSettings)}
     return DataSettings(**{k: v for k, v in data.items() if k in known})
@@ -105,10 +105,10 @@ def checkpoint_predictions(run: RunRecord, device: Any = "cpu", bundles: dict[st
     """Logits [N, C] and labels [N] of the run's last checkpoint on its test split, with the data
     rebuilt from the run's config. `bundles` caches datasets across runs by data config."""
     from labelenh.checkpoint import load_teacher
+    from labelenh.devices import resolve_device
     from labelenh.engine import predict
     from labelenh.errors import LabelenhError
     from labelenh.pipeline import ImagePipeline
-    from labelenh.utils import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else device
     ckpt = run.path / "checkpoint.pt"
@@ -130,9 +130,9 @@ def diagrams(rows: list[Row], path: Path, notes: list[str], *, device: str = "au
              n_bins: int = 15) -> Path | None:
     """Reliability diagrams side by side, one per row, from the last checkpoint of the row's
     first seed, recomputed on its test split (the dataset must be available here)."""
+    from labelenh.devices import resolve_device
     from labelenh.errors import LabelenhError
     from labelenh.plots import reliability_grid
-    from labelenh.utils import resolve_device
 
     dev = resolve_device(device)
     bundles: dict[str, Any] = {}  # one load per distinct data config

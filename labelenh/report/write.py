@@ -7,10 +7,10 @@ from pathlib import Path
 
 from labelenh import bounds as B
 from labelenh.errors import LabelenhError, OutputError
+from labelenh.files import atomic_write
 from labelenh.report import figures
 from labelenh.report.runs import collect_runs
 from labelenh.report.table import Row, aggregate, to_csv, to_markdown, to_tidy_csv
-from labelenh.utils import atomic_write
 
 FORMATS = ("md", "csv", "both")
 
@@ -60,6 +60,14 @@ def write_report(
     if fmt in ("csv", "both"):
         report.files.append(_write_text(out / "report.csv", to_csv(rows)))
         report.files.append(_write_text(out / "runs.csv", to_tidy_csv(rows)))
+    _draw_figures(report, out, plots=plots, diagrams=diagrams, device=device, n_bins=n_bins)
+    return report
+
+
+def _draw_figures(report: Report, out: Path, *, plots: bool, diagrams: bool, device: str,
+                  n_bins: int) -> None:
+    """The report's figures into `out`; one that cannot be drawn becomes a note."""
+    rows, notes = report.rows, report.notes
     drawers = []
     if plots:
         drawers += [("accuracy-vs-ECE scatter", lambda: figures.scatter(rows, out / "acc-vs-ece.png")),
@@ -79,4 +87,3 @@ def write_report(
             notes.append(f"{what} not written: the runs hold nothing to draw")
         else:
             report.files.append(path)
-    return report

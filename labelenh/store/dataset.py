@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelenh.batch import MethodInputs
+from labelenh.data.order import epoch_batches
 from labelenh.errors import LabelenhError
-from labelenh.methods.base import MethodInputs
-from labelenh.rng import CounterRNG
+from labelenh.rng import CounterRNG, derive_seed
 from labelenh.store.reader import SoftLabelStore
-from labelenh.utils import derive_seed, generator
 from labelenh.views import Recipes, ViewSpec, gather_and_apply, sample_views
 
 _S_START, _S_STRIDE = 0, 1  # CounterRNG streams of the view schedule
@@ -139,7 +139,7 @@ class StoreBatches:
                 raise LabelenhError(f"store {st.path.name} holds no views (exported without --aug/--views): "
                                     "use aug=False or re-export with views")
             self.num_classes = st.num_classes
-            self.teachers = st._teacher_names(list(teachers) if teachers else None)
+            self.teachers = st.teacher_names(list(teachers) if teachers else None)
             self.logits = bool(logits)
         if spec is None:
             from labelenh.data.registry import default_crop_pad
@@ -202,12 +202,7 @@ class StoreBatches:
                    ) -> Iterator[tuple[torch.Tensor, MethodInputs]]:
         """Every batch of an epoch, in the student stage's order (a permutation drawn from
         (seed, epoch); a trailing batch of one is dropped, as it breaks BatchNorm)."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator(self.seed, "order", epoch)) if shuffle else torch.arange(n)
-        parts = list(order.split(int(batch_size)))
-        if len(parts) > 1 and len(parts[-1]) < 2:
-            parts.pop()
-        for idx in parts:
+        for idx in epoch_batches(len(self), batch_size, self.seed, epoch, shuffle=shuffle):
             yield self.batch(idx, epoch)
 
 

@@ -30,23 +30,17 @@ import numpy as np
 import torch
 
 from labelenh.errors import LabelenhError
-from labelenh.store.export import (
-    ExportResult,
-    Teacher,
-    TeacherRunner,
-    _pack,
-    resolve_amp,
-    staging_path,
-    write_plan,
-)
-from labelenh.store.reader import (
-    SoftLabelStore,
+from labelenh.store.checks import (
     check_structure,
     logit_format,
     open_h5,
     read_errors,
     read_root_attrs,
 )
+from labelenh.store.compute import pack_chunk
+from labelenh.store.export import ExportResult, write_plan
+from labelenh.store.prepare import staging_path
+from labelenh.store.reader import SoftLabelStore
 from labelenh.store.schema import (
     SCHEMA,
     TEACHER_JSON_ATTRS,
@@ -57,6 +51,7 @@ from labelenh.store.schema import (
     decode_attrs,
     dedupe_names,
 )
+from labelenh.store.teachers import Teacher, TeacherRunner, export_amp
 
 # What must agree between stores whose teachers are merged (their recipes are compared too).
 SAME_FOR_MERGE = ("dataset", "fingerprint", "num_samples", "num_classes", "num_views", "view_spec",
@@ -140,11 +135,11 @@ class StoredOutputs:
         b, v, cs = s1 - s0, plan.num_views, plan.chunk_size
         base = self.store(self.base)
         idx = np.arange(s0, s1)
-        labels = base._take("labels", idx).astype("<i8")
+        labels = base.data.take("labels", idx).astype("<i8")
         records, rows = None, None
         if v:
             rows = (idx[:, None] * base.num_views + np.arange(v)).reshape(-1)  # [B*V] flat rows
-            records = np.ascontiguousarray(base._take("views/recipes", rows)).reshape(b, v)
+            records = np.ascontiguousarray(base.data.take("views/recipes", rows)).reshape(b, v)
         new: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         if runner.teachers:  # new teachers see exactly the stored recipes
             what = f"samples {s0}..{s1 - 1}"
@@ -161,7 +156,7 @@ class StoredOutputs:
         for rec_ in plan.teachers:
             if rec_.name in new:
                 zc, zv = new[rec_.name]
-                outputs[rec_.name] = _pack(zc, zv, b, v, plan.fmt, plan.num_classes)
+                outputs[rec_.name] = pack_chunk(zc, zv, b, v, plan.fmt, plan.num_classes)
             else:
                 outputs[rec_.name] = self._kept(plan, rec_.name, c, idx, rows)
         return labels, records, outputs
@@ -176,18 +171,18 @@ class StoredOutputs:
         same_views = v == st.num_views
         if st.format == plan.fmt and (same_views or not plan.fmt.is_topk):  # the stored bytes
             if not plan.fmt.is_topk:
-                return TeacherChunk(st._take(f"{g}/clean", idx),
-                                    st._take(f"{g}/views", rows).reshape(b, v, -1) if v else None)
+                return TeacherChunk(st.data.take(f"{g}/clean", idx),
+                                    st.data.take(f"{g}/views", rows).reshape(b, v, -1) if v else None)
             parts = ("indices", "values", "lse")
-            clean = tuple(st._take(f"{g}/clean/{p}", idx) for p in parts)
-            views = tuple(st._take(f"{g}/views/{p}", rows).reshape(b, v, *([k] if p != "lse" else []))
+            clean = tuple(st.data.take(f"{g}/clean/{p}", idx) for p in parts)
+            views = tuple(st.data.take(f"{g}/views/{p}", rows).reshape(b, v, *([k] if p != "lse" else []))
                           for p in parts) if v else None
-            st._check_chunks(f"{g}/topk_kl", np.array([c * st.attrs["chunk_size"]]))  # same chunks
-            kl = tuple(float(x) for x in np.asarray(st._array(f"{g}/topk_kl")[c]))
+            st.data.check_chunks(f"{g}/topk_kl", np.array([c * st.attrs["chunk_size"]]))  # same chunks
+            kl = tuple(float(x) for x in np.asarray(st.data.array(f"{g}/topk_kl")[c]))
             return TeacherChunk(clean, views, kl)
-        zc = st._gather("clean", idx, [r.name])[:, 0]  # float32 [B, C]
-        zv = st._gather("views", rows, [r.name])[:, 0] if v else None  # [B*V, C]
-        return _pack(zc, zv, b, v, plan.fmt, plan.num_classes)
+        zc = st.gather("clean", idx, [r.name])[:, 0]  # float32 [B, C]
+        zv = st.gather("views", rows, [r.name])[:, 0] if v else None  # [B*V, C]
+        return pack_chunk(zc, zv, b, v, plan.fmt, plan.num_classes)
 
 
 def _provenance(operation: str, sources: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -216,7 +211,7 @@ def add_teacher(store: str | Path, teachers: list[Teacher], source: Any, *, devi
     store = Path(store)
     plan, src = read_plan(store)
     device = torch.device(device)
-    amp = resolve_amp(amp, device)
+    amp = export_amp(amp, device)
     if not teachers:
         raise LabelenhError("no teacher given: pass --teacher RUN_OR_CHECKPOINT")
     want = {"device": device.type, "amp": amp}
@@ -323,7 +318,7 @@ def _same_rows(a: Path, b: Path, plan: StorePlan, block: int = 65536) -> None:
             for s0 in range(0, plan.num_samples, block):
                 idx = np.arange(s0, min(plan.num_samples, s0 + block))
                 rows = idx if name == "labels" else (idx[:, None] * plan.num_views + np.arange(plan.num_views)).reshape(-1)
-                if sa._take(name, rows).tobytes() != sb._take(name, rows).tobytes():
+                if sa.data.take(name, rows).tobytes() != sb.data.take(name, rows).tobytes():
                     what = "hard labels" if name == "labels" else "view recipes"
                     raise LabelenhError(f"cannot merge {a} and {b}: their {what} differ (samples {s0}..): merge "
                                         "stores whose views were drawn alike (same --aug/--views/--view-seed)")

@@ -26,7 +26,6 @@ or killed overwrite loses nothing; rerunning it resumes the sibling.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -39,69 +38,37 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from labelenh import distributed as dist
 from labelenh.errors import LabelenhError
 from labelenh.store import shards
+from labelenh.store.compute import compute_chunk
 from labelenh.store.lock import ExportLock
-from labelenh.store.reader import SoftLabelStore, open_h5, read_root_attrs
-from labelenh.store.schema import (
-    DEFAULT_CHUNK_SIZE,
-    LogitFormat,
-    StorePlan,
-    TeacherRecord,
-    dedupe_names,
-    index_dtype,
+from labelenh.store.prepare import (
+    discard_staging,
+    existing_chunk_size,
+    open_for_writing,
+    prepare,
+    prepare_staging,
+    staging_path,
 )
-from labelenh.store.topk import kl_rows, topk_compress, topk_dense
-from labelenh.store.writer import StoreWriter, TeacherChunk, create_store, estimate_size, fsync
-from labelenh.utils import write_error
+from labelenh.store.progress import ProgressBar, human_bytes
+from labelenh.store.schema import DEFAULT_CHUNK_SIZE, LogitFormat, StorePlan, dedupe_names
+from labelenh.store.teachers import (
+    Teacher,
+    TeacherRunner,
+    export_amp,
+    load_teachers,
+    teacher_from_model,
+    weights_sha256,
+)
+from labelenh.store.verify import verify_rows
+from labelenh.store.writer import StoreWriter, estimate_size, fsync
+from labelenh.write_errors import write_error
 
-KL_BLOCK_ROWS = 2048  # bounds the float64 temporaries of the top-k error
-
-
-@dataclass
-class Teacher:
-    """A teacher ready to export: its (eval-mode) model and what the store records about it."""
-
-    name: str
-    model: nn.Module
-    record: TeacherRecord
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """sha256 over the state_dict (names, dtypes, shapes, bytes): identifies in-memory teachers."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d buffers included
-    return h.hexdigest()
-
-
-def teacher_from_model(model: nn.Module, name: str, *, model_name: str | None = None,
-                       metrics: dict[str, Any] | None = None, source: str = "") -> Teacher:
-    """Wrap an in-memory model (its sha256 is that of its weights)."""
-    rec = TeacherRecord(name=name, model=model_name or type(model).__name__,
-                        sha256=weights_sha256(model), source=source, metrics=dict(metrics or {}))
-    return Teacher(name=name, model=model, record=rec)
-
-
-def load_teachers(paths: Sequence[str | Path], device: torch.device | str, num_classes: int,
-                  *, model_name: str | None = None) -> list[Teacher]:
-    """Teachers from run folders or checkpoint files; names from the run/checkpoint, made unique."""
-    from labelenh.checkpoint import load_teacher
-
-    loaded = [load_teacher(p, device, model_name=model_name, num_classes=num_classes) for p in paths]
-    names = dedupe_names([info.get("name") or Path(str(p)).stem for (_, info), p in zip(loaded, paths, strict=True)])
-    out = []
-    for (model, info), name in zip(loaded, names, strict=True):
-        rec = TeacherRecord(name=name, model=str(info.get("model", "unknown")),
-                            sha256=str(info.get("sha256", "unknown")), source=str(info.get("path", "")),
-                            metrics=dict(info.get("metrics") or {}))
-        out.append(Teacher(name=name, model=model, record=rec))
-    return out
+# Export's parts live in their own modules (teachers, compute, prepare, verify, progress); the
+# names callers have always imported from here stay importable from here.
+resolve_amp = export_amp
 
 
 @dataclass
@@ -116,104 +83,6 @@ class ExportResult:
     already_complete: bool = False
     verify: dict[str, Any] | None = None
     plan: StorePlan | None = field(default=None, repr=False)
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The autocast mode actually used: "off" on CPU; "auto" means fp16 on CUDA (fp16 keeps
-    3 more mantissa bits of the logits than bf16)."""
-    amp = str(amp).lower()
-    if amp not in ("auto", "off", "fp16", "bf16"):
-        raise LabelenhError(f"--amp {amp!r} is not one of auto, off, fp16, bf16")
-    if device.type != "cuda":
-        return "off"
-    return "fp16" if amp == "auto" else amp
-
-
-class TeacherRunner:
-    """Runs every teacher on normalised blocks of images: eval mode, inference mode, autocast
-    on CUDA; refuses NaN/Inf logits and logits of the wrong width."""
-
-    def __init__(self, teachers: list[Teacher], source: Any, *, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str,
-                 stored: Any = None, workers: int | None = None) -> None:
-        from labelenh.data import TensorImages
-        from labelenh.data.loader import resolve_workers
-
-        self.workers = resolve_workers(workers)
-
-        self.teachers = teachers
-        # a store derived from stores (labelenh.store.derive): chunks come from there
-        self.stored = stored
-        self.device = device
-        self.amp = amp
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.num_classes = num_classes
-        if device.type == "cuda" and isinstance(source, TensorImages):
-            source = source.to(device)  # CIFAR-size data lives on the GPU as uint8
-        self.source = source
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        for t in teachers:
-            t.model.to(device).eval()
-        self._decoders: ThreadPoolExecutor | None = None  # image folders: the chunks' decode threads
-
-    def chunk_source(self, plan: Any, c: int) -> Any:
-        """What chunk c's images come from. For an image folder, its files start decoding now in
-        background threads, once each (`ChunkImages`): called for chunk c + 1 before chunk c's
-        forwards, decoding overlaps the teachers."""
-        from labelenh.data.decoded import ChunkImages
-        from labelenh.data.folder import FolderImages
-
-        if not isinstance(self.source, FolderImages):
-            return self.source
-        if self._decoders is None:  # PIL releases the GIL while it decodes: threads suffice
-            self._decoders = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="decode")
-        s0, s1 = plan.chunk_bounds(c)
-        return ChunkImages(self.source, range(s0, s1), self._decoders)
-
-    def _normalize(self, x: torch.Tensor, owned: bool) -> torch.Tensor:
-        """(x / 255 - mean) / std as float32 on the device, in place when that touches no one
-        else's tensor: a block of 224x224 images is large, and a normalised copy beside it
-        raised the export's peak memory by ~15 %. The same operations in the same order as
-        `labelenh.data.normalize`, so the logits are bit-identical."""
-        y = x.to(self.device, dtype=torch.float32, non_blocking=True)
-        if y is x and not owned:  # already float32 on the device: may be the source's own storage
-            y = y.clone()
-        return y.div_(255.0).sub_(self.mean).div_(self.std)
-
-    def clean_images(self, idx: torch.Tensor, source: Any = None) -> torch.Tensor:
-        src = self.source if source is None else source
-        return self._normalize(src.load(idx), owned=False)  # [B, C, H, W]
-
-    def view_images(self, recipes, source: Any = None) -> torch.Tensor:
-        from labelenh.views import gather_and_apply
-
-        src = self.source if source is None else source
-        x, _ = gather_and_apply(src, recipes, self.num_classes, uint8_ok=True)  # fresh images
-        return self._normalize(x, owned=True)
-
-    def forward(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
-        """float32 logits [B, C] of each teacher, on the device."""
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs = []
-        for t in self.teachers:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                z = t.model(x)
-            z = z.float()
-            if z.ndim != 2 or z.shape[0] != x.shape[0] or z.shape[1] != self.num_classes:
-                raise LabelenhError(
-                    f"teacher {t.name} returned logits of shape {list(z.shape)} for {x.shape[0]} images; "
-                    f"expected [{x.shape[0]}, {self.num_classes}]: use a teacher trained on this dataset"
-                )
-            if not bool(torch.isfinite(z).all()):
-                hint = " (try --amp off)" if self.amp_dtype is not None else ""
-                raise LabelenhError(
-                    f"teacher {t.name} produced NaN/Inf logits for {what}{hint}: check the checkpoint; "
-                    "the store stays incomplete"
-                )
-            outs.append(z)
-        return outs
 
 
 def plan_export(
@@ -271,16 +140,9 @@ def export_soft_labels(
     forward; None = the existing store's (when resuming), else 256.  verify: re-run the teachers
     on this many random stored rows afterwards and compare (LabelenhError when they differ).
     workers: threads decoding an image folder's next chunk (None: the CPU count; 0 counts as 1)."""
-    out = Path(out)
-    if out.is_dir():
-        raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
-    rank = dist.rank()
-    if chunk_size is None:
-        # rank 0 decides: the others may not open the store while rank 0 holds it open
-        chunk_size = dist.broadcast_object(
-            (DEFAULT_CHUNK_SIZE if overwrite else _existing_chunk_size(out)) if rank == 0 else None)
+    out, chunk_size = _out_and_chunk_size(out, chunk_size, overwrite)
     device = torch.device(device)
-    amp = resolve_amp(amp, device)
+    amp = export_amp(amp, device)
     fmt = fmt if isinstance(fmt, LogitFormat) else LogitFormat.parse(fmt, num_classes)
     _check_args(teachers, source, num_classes, num_views, spec, chunk_size, verify, fmt)
     fingerprint = "0" * 64 if dry_run else source.fingerprint()  # a dry run reads no image
@@ -296,103 +158,134 @@ def export_soft_labels(
                       on_chunk=on_chunk, seed=view_seed)
 
 
+@dataclass
+class _Job:
+    """One call's export of a plan: the file it writes and how far it is."""
+
+    out: Path
+    plan: StorePlan
+    result: ExportResult
+    target: Path  # the file written: `out`, or its staging sibling under --overwrite
+    writer: StoreWriter | None = None  # rank 0's, open on `target`
+    state: str = ""  # "new" | "resume" | "complete"
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # bool [chunks]
+
+
+def _out_and_chunk_size(out: str | Path, chunk_size: int | None, overwrite: bool
+                        ) -> tuple[Path, int | None]:
+    """(the store's path, refused when a folder; the chunk size asked for, else the existing
+    store's (a resume needs no --batch-size), else the default). Rank 0 decides the chunk size:
+    the others may not open the store while rank 0 holds it."""
+    out = Path(out)
+    if out.is_dir():
+        raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
+    if chunk_size is not None:
+        return out, chunk_size
+    return out, dist.broadcast_object(
+        (DEFAULT_CHUNK_SIZE if overwrite else existing_chunk_size(out)) if dist.rank() == 0 else None)
+
+
 def write_plan(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, *, overwrite: bool = False,
                verify: int = 0, progress: bool = False, on_chunk: Callable[[int], None] | None = None,
                seed: int = 0) -> ExportResult:
     """Write (or resume, or find complete) the store `out` of `plan`, its chunks computed by
-    `runner`: locking, staging under `overwrite`, shards under torchrun, resume, completion."""
-    rank, world = dist.rank(), dist.world_size()
-    if world > 1:
+    `runner`: plan checked across ranks → claim the file → compute this rank's chunks → merge
+    the shards → finish (rename a staged store into place) → verify."""
+    rank = dist.rank()
+    if dist.world_size() > 1:
         _check_same_plan(plan)
     t0 = time.perf_counter()
-    result = ExportResult(out, 0, plan.num_chunks, plan=plan)
+    job = _Job(out, plan, ExportResult(out, 0, plan.num_chunks, plan=plan), target=out)
     lock = ExportLock(out) if rank == 0 else None
-    writer: StoreWriter | None = None
-    target = out  # the file written: `out`, or its staging sibling under --overwrite
     try:
-        # Rank 0 alone locks, creates or checks the store and absorbs shards left by an earlier
-        # run; then every rank learns which chunks are missing.
-        msg, state, done = None, "", np.zeros(0, dtype=bool)
-        if rank == 0:
-            try:
-                lock.acquire()
-                if overwrite and out.exists():
-                    # the store being replaced stays readable until the new one is complete
-                    target = staging_path(out)
-                    state = _prepare_staging(target, out, plan)
-                else:
-                    discard_staging(out)  # an abandoned --overwrite: `out` stays what it was
-                    state = _prepare(out, plan, overwrite)
-                writer, done = _open_for_writing(target, plan, state)
-            except LabelenhError as e:
-                msg = str(e)
-        # the store's schema too: resuming a schema-1 store writes it as schema 1
-        msg, state, done, target, plan.schema = dist.broadcast_object((msg, state, done, target, plan.schema))
-        if msg is not None:
-            raise LabelenhError(msg)
-        result.already_complete = state == "complete" and target == out  # else: renamed below
-        if state != "complete":
-            todo = [c for c in range(plan.num_chunks) if not done[c]]
-            result.chunks_resumed = plan.num_chunks - len(todo)
-            mine = todo[rank::world]  # chunk-aligned: the i-th missing chunk goes to rank i % world
-            bar = _ProgressBar(progress and rank == 0, plan, result.chunks_resumed if world == 1 else 0,
-                               total=None if world == 1 else len(mine),
-                               label="export" if world == 1 else f"export (rank 0 of {world})")
-            with bar:
-                if rank == 0:
-                    _write_chunks(writer, plan, runner, spec, mine, mine, result, bar, on_chunk, rank)
-                elif mine:
-                    _write_shard(target, plan, runner, spec, mine, result, bar, on_chunk, rank, world)
-            dist.barrier()  # every shard is written and closed
-            if rank == 0:
-                for path in shards.find_shards(target):
-                    result.chunks_written += shards.absorb(writer, plan, path)
-                missing = int((~writer.done()).sum())
-                if missing:
-                    raise LabelenhError(f"{out}: {missing} chunks are still missing after merging the shards; "
-                                        "rerun the same command to finish the store")
-                writer.finish()  # complete only now that every chunk of every shard is in
-        if rank == 0 and target != out:
-            if writer is not None:
-                writer.close()
-                writer = None
-            os.replace(target, out)  # the replaced store goes only now, in one step
-            fsync(out.parent)
-        if out.exists():
-            result.size_bytes = out.stat().st_size
-        result.seconds = time.perf_counter() - t0
+        _claim(job, lock, overwrite)
+        if job.state != "complete":
+            _compute(job, runner, spec, progress, on_chunk)
+            _merge(job)
+        _finish(job)
+        job.result.seconds = time.perf_counter() - t0
         if verify and rank == 0:
-            result.verify = verify_rows(out, runner, verify, seed=seed)
+            job.result.verify = verify_rows(out, runner, verify, seed=seed)
     except OSError as e:  # a full disk or a read-only folder while writing chunks
         kept = "the chunks already written are kept: rerun the same command to resume"
-        if target != out:
+        if job.target != out:
             kept = f"the previous {out.name} is intact and {kept}"
         raise write_error(e, out, where="--out", kept=kept) from None
     finally:
-        if writer is not None:
-            writer.close()
+        if job.writer is not None:
+            job.writer.close()
         if lock is not None:
             lock.release()
-    return result
+    return job.result
 
 
-def _open_for_writing(out: Path, plan: StorePlan, state: str) -> tuple[StoreWriter | None, np.ndarray]:
-    """(writer or None when complete, bool [chunks] done) for a prepared store; the finished
-    chunks of shards that an interrupted multi-process run left are copied in first."""
-    found = shards.find_shards(out)
-    if state != "resume":  # a new (or overwritten) store, or a complete one: shards are stale
-        for path in found:
-            shards.discard(path)
-        return None if state == "complete" else StoreWriter(out, plan), np.full(
-            plan.num_chunks, state == "complete", dtype=bool)
-    writer = StoreWriter(out, plan)
-    try:
-        for path in found:
-            shards.absorb(writer, plan, path)
-        return writer, writer.done()
-    except BaseException:
-        writer.close()
-        raise
+def _claim(job: _Job, lock: ExportLock | None, overwrite: bool) -> None:
+    """Rank 0 alone locks, creates or checks the store and absorbs shards left by an earlier
+    run; then every rank learns the state, the chunks done and the file written (or the error)."""
+    msg = None
+    if lock is not None:
+        try:
+            lock.acquire()
+            if overwrite and job.out.exists():
+                # the store being replaced stays readable until the new one is complete
+                job.target = staging_path(job.out)
+                job.state = prepare_staging(job.target, job.out, job.plan)
+            else:
+                discard_staging(job.out)  # an abandoned --overwrite: `out` stays what it was
+                job.state = prepare(job.out, job.plan, overwrite)
+            job.writer, job.done = open_for_writing(job.target, job.plan, job.state)
+        except LabelenhError as e:
+            msg = str(e)
+    # the store's schema too: resuming a schema-1 store writes it as schema 1
+    msg, job.state, job.done, job.target, job.plan.schema = dist.broadcast_object(
+        (msg, job.state, job.done, job.target, job.plan.schema))
+    if msg is not None:
+        raise LabelenhError(msg)
+    job.result.already_complete = job.state == "complete" and job.target == job.out  # else: renamed
+
+
+def _compute(job: _Job, runner: TeacherRunner, spec: Any, progress: bool,
+             on_chunk: Callable[[int], None] | None) -> None:
+    """This rank's share of the missing chunks: rank 0 writes into the store, the others each
+    into a shard of their own; returns when every rank's chunks are written and closed."""
+    rank, world, plan, result = dist.rank(), dist.world_size(), job.plan, job.result
+    todo = [c for c in range(plan.num_chunks) if not job.done[c]]
+    result.chunks_resumed = plan.num_chunks - len(todo)
+    mine = todo[rank::world]  # chunk-aligned: the i-th missing chunk goes to rank i % world
+    bar = ProgressBar(progress and rank == 0, plan, result.chunks_resumed if world == 1 else 0,
+                      total=None if world == 1 else len(mine),
+                      label="export" if world == 1 else f"export (rank 0 of {world})")
+    with bar:
+        if rank == 0:
+            _write_chunks(job.writer, plan, runner, spec, mine, mine, result, bar, on_chunk, rank)
+        elif mine:
+            _write_shard(job.target, plan, runner, spec, mine, result, bar, on_chunk, rank, world)
+    dist.barrier()  # every shard is written and closed
+
+
+def _merge(job: _Job) -> None:
+    """Rank 0 copies the shards in and marks the store complete, only once every chunk is in."""
+    if dist.rank() != 0:
+        return
+    for path in shards.find_shards(job.target):
+        job.result.chunks_written += shards.absorb(job.writer, job.plan, path)
+    missing = int((~job.writer.done()).sum())
+    if missing:
+        raise LabelenhError(f"{job.out}: {missing} chunks are still missing after merging the shards; "
+                            "rerun the same command to finish the store")
+    job.writer.finish()
+
+
+def _finish(job: _Job) -> None:
+    """A staged store replaces the old one in one step; the result learns the store's size."""
+    if dist.rank() == 0 and job.target != job.out:
+        if job.writer is not None:
+            job.writer.close()
+            job.writer = None
+        os.replace(job.target, job.out)  # the replaced store goes only now, in one step
+        fsync(job.out.parent)
+    if job.out.exists():
+        job.result.size_bytes = job.out.stat().st_size
 
 
 def _check_same_plan(plan: StorePlan) -> None:
@@ -410,7 +303,7 @@ def _check_same_plan(plan: StorePlan) -> None:
 
 
 def _write_shard(out: Path, plan: StorePlan, runner: TeacherRunner, spec: Any, chunks: list[int],
-                 result: ExportResult, bar: _ProgressBar, on_chunk: Callable[[int], None] | None,
+                 result: ExportResult, bar: ProgressBar, on_chunk: Callable[[int], None] | None,
                  rank: int, world: int) -> None:
     path = shards.shard_path(out, rank)
     with ExportLock(path):
@@ -445,72 +338,8 @@ def _check_args(teachers, source, num_classes, num_views, spec, chunk_size, veri
         raise LabelenhError(f"--format topk:{fmt.k} exceeds the {num_classes} classes")
 
 
-def _existing_chunk_size(out: Path) -> int:
-    """The chunk size of the store at `out`, so that a resume needs no --batch-size."""
-    if not out.exists():
-        return DEFAULT_CHUNK_SIZE
-    try:
-        with open_h5(out) as f:
-            return int(read_root_attrs(f, out)["chunk_size"])
-    except (LabelenhError, KeyError, TypeError, ValueError):
-        return DEFAULT_CHUNK_SIZE  # not a store: _prepare says so
-
-
-def staging_path(out: Path) -> Path:
-    """Where `--overwrite` builds the new store while `out` still holds the old one."""
-    return out.with_name(f".{out.name}.overwrite.h5")
-
-
-def _prepare_staging(staging: Path, out: Path, plan: StorePlan) -> str:
-    """Like `_prepare` for the staging file of an `--overwrite` export: an interrupted one with
-    the same arguments is resumed, anything else there is started over."""
-    if staging.exists():
-        try:
-            return _prepare(staging, plan, overwrite=False)
-        except LabelenhError:
-            pass  # other arguments, or not a store: start over
-    create_store(staging, plan, report_as=out)
-    return "new"
-
-
-def discard_staging(out: Path) -> None:
-    """Remove what an abandoned `--overwrite` of `out` left (its staging store and shards)."""
-    staging = staging_path(out)
-    for path in shards.find_shards(staging):
-        shards.discard(path)
-    staging.unlink(missing_ok=True)
-
-
-def _prepare(out: Path, plan: StorePlan, overwrite: bool) -> str:
-    """Create the skeleton, or check that the existing file is this export: "new" | "resume" |
-    "complete"."""
-    if overwrite or not out.exists():
-        create_store(out, plan)
-        return "new"
-    try:
-        with open_h5(out) as f:
-            attrs = read_root_attrs(f, out)
-    except LabelenhError as e:
-        raise LabelenhError(f"{out} exists and is not a resumable store ({e}); pass --overwrite to replace it") from None
-    old, new = attrs.get("identity") or {}, json.loads(json.dumps(plan.identity()))
-    from labelenh.views.spec import same_spec
-
-    if same_spec(old.get("view_spec"), new.get("view_spec")):  # a schema-1 dict names every op's options
-        old["view_spec"] = new["view_spec"]
-    if attrs.get("schema") == 1 and {**new, "schema": 1} == old:
-        plan.schema = 1  # an earlier version's store: finish it in its own layout (no checksums)
-        new = old
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise LabelenhError(
-            f"{out} was started with different arguments (they differ in: {', '.join(diff)}): "
-            "rerun with the same arguments to resume it, or pass --overwrite to start over"
-        )
-    return "complete" if bool(attrs.get("complete")) else "resume"
-
-
 def _write_chunks(writer: StoreWriter, plan: StorePlan, runner: TeacherRunner, spec: Any,
-                  chunks: list[int], slots: list[int], result: ExportResult, bar: _ProgressBar,
+                  chunks: list[int], slots: list[int], result: ExportResult, bar: ProgressBar,
                   on_chunk: Callable[[int], None] | None, rank: int = 0) -> None:
     """Compute the store's `chunks` and write chunk chunks[i] as the writer's chunk slots[i]
     (the same numbers in the store itself, 0, 1, ... in a shard)."""
@@ -545,189 +374,10 @@ def _write_chunks(writer: StoreWriter, plan: StorePlan, runner: TeacherRunner, s
         settle()
 
 
-@torch.inference_mode()
-def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int, source: Any = None
-                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, TeacherChunk]]:
-    """(labels [B], recipe records [B, V] or None, per-teacher outputs) of chunk c; `source`:
-    `runner.chunk_source(plan, c)` when it was started ahead."""
-    if runner.stored is not None:
-        return runner.stored.compute_chunk(plan, runner, c)
-    src = runner.chunk_source(plan, c) if source is None else source
-    s0, s1 = plan.chunk_bounds(c)
-    b, v, cs = s1 - s0, plan.num_views, plan.chunk_size
-    idx = torch.arange(s0, s1)
-    labels = runner.source.labels[idx.to(runner.source.labels.device)].cpu().numpy().astype("<i8")
-    clean = runner.forward(runner.clean_images(idx, src), f"samples {s0}..{s1 - 1}")  # T x [B, C]
-    views: list[list[torch.Tensor]] = [[] for _ in runner.teachers]
-    records = None
-    if v:
-        from labelenh.views import sample_views
-
-        rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx,
-                           source=src)
-        records = rec.to_struct(spec).reshape(b, v)
-        for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
-            zs = runner.forward(runner.view_images(rec[i:i + cs], src), f"views of samples {s0}..{s1 - 1}")
-            for t, z in enumerate(zs):
-                views[t].append(z)
-    outputs = {}
-    for t, teacher in enumerate(runner.teachers):
-        zv = torch.cat(views[t]) if v else None  # [B*V, C]
-        outputs[teacher.name] = _pack(clean[t], zv, b, v, plan.fmt, plan.num_classes)
-    return labels, records, outputs
-
-
-def _pack(zc: torch.Tensor, zv: torch.Tensor | None, b: int, v: int, fmt: LogitFormat, c: int) -> TeacherChunk:
-    if not fmt.is_topk:
-        dt = torch.float16 if fmt.kind == "fp16" else torch.float32
-        clean = zc.to(dt).cpu().numpy()
-        views = zv.to(dt).cpu().numpy().reshape(b, v, c) if zv is not None else None
-        if not all(np.isfinite(a).all() for a in (clean, views) if a is not None):  # fp16 overflow
-            raise LabelenhError("teacher logits exceed the float16 range (|z| > 65504), which a fp16 store "
-                                "cannot hold: export with --format fp32 or topk:K")
-        return TeacherChunk(clean, views)
-    idt = index_dtype(c)
-
-    def compress(z: torch.Tensor, lead: tuple[int, ...]) -> tuple[tuple[np.ndarray, ...], float]:
-        idx, lp, lse = topk_compress(z, fmt.k)
-        kl = 0.0
-        for i in range(0, z.shape[0], KL_BLOCK_ROWS):
-            sl = slice(i, i + KL_BLOCK_ROWS)
-            kl += float(kl_rows(z[sl], topk_dense(idx[sl], lp[sl], lse[sl], c)).sum())
-        arrs = (idx.cpu().numpy().astype(idt).reshape(*lead, fmt.k),
-                lp.cpu().numpy().reshape(*lead, fmt.k), lse.cpu().numpy().reshape(lead))
-        return arrs, kl
-
-    clean, kl_c = compress(zc, (b,))
-    views, kl_v = compress(zv, (b, v)) if zv is not None else (None, 0.0)
-    return TeacherChunk(clean, views, (kl_c, kl_v))
-
-
-# ---- verification ----------------------------------------------------------------------------
-
-def _tolerance(fmt: LogitFormat, compute: dict[str, str]) -> tuple[float, float]:
-    """(atol, rtol) between stored logits and a re-run in other batch shapes."""
-    atol, rtol = 1e-4, 1e-4  # CPU fp32 kernels differ by batch shape in the last bits
-    if compute.get("device") == "cuda":
-        atol, rtol = {"off": (5e-3, 5e-3), "fp16": (5e-2, 2e-2), "bf16": (0.25, 0.05)}[compute.get("amp", "off")]
-    if fmt.kind != "fp32":
-        atol, rtol = atol + 1e-3, rtol + 2e-3  # fp16 storage rounds to 2^-11 relative
-    return atol, rtol
-
-
-@torch.inference_mode()
-def verify_rows(path: str | Path, runner: TeacherRunner, k: int, *, seed: int = 0) -> dict[str, Any]:
-    """Re-run the teachers on k random stored samples (clean, and one random view each, replayed
-    from the stored recipe) and compare with the stored logits. Raises LabelenhError on mismatch."""
-    from labelenh.utils import generator
-
-    store = SoftLabelStore.open(path, preload=False)
-    n, v, cs = store.num_samples, store.num_views, int(store.attrs["chunk_size"])
-    g = generator(seed, "verify-rows")
-    samples = torch.randperm(n, generator=g)[: min(k, n)].sort().values
-    atol, rtol = _tolerance(store.format, store.attrs.get("compute") or {})
-    checks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-
-    def fresh(make) -> torch.Tensor:  # [K, M, C]
-        parts = [torch.stack(runner.forward(make(sl), "verification rows"), dim=1).cpu()
-                 for sl in torch.arange(len(samples)).split(cs)]
-        return torch.cat(parts)
-
-    def mask(part: str, views: torch.Tensor | None) -> torch.Tensor | None:
-        # top-k: only the stored classes are exact; compare the logits there
-        if not store.format.is_topk:
-            return None
-        rows = samples.numpy() if views is None else samples.numpy() * v + views.numpy()
-        m = torch.zeros(len(samples), len(store.teachers), store.num_classes, dtype=torch.bool)
-        for t, name in enumerate(store.teachers):
-            idx = store._take(f"teachers/{name}/{part}/indices", rows).astype(np.int64)
-            m[:, t].scatter_(1, torch.from_numpy(idx), True)
-        return m
-
-    checks.append((store.clean_logits(samples), fresh(lambda sl: runner.clean_images(samples[sl])),
-                   mask("clean", None)))
-    if v:
-        views = torch.randint(v, (len(samples),), generator=g)
-        rec = store.recipes(samples, views)
-        checks.append((store.view_logits(samples, views), fresh(lambda sl: runner.view_images(rec[sl])),
-                       mask("views", views)))
-    max_diff, worst = 0.0, 0.0
-    for stored, new, m in checks:
-        diff = (stored - new).abs()
-        ratio = diff / (atol + rtol * new.abs())
-        if m is not None:
-            diff, ratio = diff[m], ratio[m]
-        max_diff = max(max_diff, float(diff.max()) if diff.numel() else 0.0)
-        worst = max(worst, float(ratio.max()) if ratio.numel() else 0.0)
-    store.close()
-    report = {"rows": len(samples), "views": bool(v), "max_abs_diff": max_diff,
-              "atol": atol, "rtol": rtol, "ok": worst <= 1.0}
-    if not report["ok"]:
-        raise LabelenhError(
-            f"--verify: stored logits of {path} differ from a re-run of the teachers on {len(samples)} rows "
-            f"(max abs diff {max_diff:.3g}, beyond atol {atol:g} + rtol {rtol:g}): re-export it with --overwrite"
-        )
-    return report
-
-
-# ---- small helpers ---------------------------------------------------------------------------
-
-class _ProgressBar:
-    """A rich progress bar over chunks (samples/s), or nothing."""
-
-    def __init__(self, enabled: bool, plan: StorePlan, done: int, *, total: int | None = None,
-                 label: str = "export") -> None:
-        self.enabled = enabled
-        self.plan = plan
-        self.done = done
-        self.total = plan.num_chunks if total is None else total
-        self.label = label
-        self._p = None
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(TextColumn(f"[bold]{self.label}[/] chunks"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                               console=Console(stderr=True))
-            self._p.__enter__()
-            self._task = self._p.add_task("export", total=self.total, completed=self.done, rate="")
-            self._t0, self._n = time.perf_counter(), 0
-        return self
-
-    def advance(self, bounds: tuple[int, int]) -> None:
-        if self._p is None:
-            return
-        self._n += bounds[1] - bounds[0]
-        rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
-        self._p.update(self._task, advance=1, rate=f"{rate:,.0f} samples/s")
-
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-__all__ = ["ExportResult", "Teacher", "TeacherRunner", "export_soft_labels", "human_bytes",
-           "load_teachers", "plan_export", "teacher_from_model", "verify_rows", "weights_sha256",
-           "write_plan"]
+__all__ = ["ExportResult", "Teacher", "TeacherRunner", "compute_chunk", "export_soft_labels",
+           "human_bytes", "load_teachers", "plan_export", "resolve_amp", "staging_path",
+           "teacher_from_model", "verify_rows", "weights_sha256", "write_plan"]

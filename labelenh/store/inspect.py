@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from labelenh.errors import LabelenhError
-from labelenh.store.reader import (
+from labelenh.store.checks import (
     check_structure,
     checksum_problems,
     content_problems,
@@ -67,7 +67,7 @@ def _store_info(path: Path) -> dict[str, Any]:
 
 def format_info(info: dict[str, Any]) -> str:
     """Plain-text rendering of `store_info` for the terminal."""
-    from labelenh.store.export import human_bytes
+    from labelenh.store.progress import human_bytes
 
     spec = info["view_spec"]
     views = "none (clean logits only)"
@@ -165,7 +165,7 @@ def _verify_store(path: Path, source: Any, *, num_classes: int | None, dataset: 
 
 
 def _pending(path: Path) -> str | None:
-    from labelenh.store.export import staging_path
+    from labelenh.store.prepare import staging_path
 
     p = staging_path(path)
     return str(p) if p.exists() else None

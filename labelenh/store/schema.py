@@ -12,80 +12,10 @@ with the chunk before its progress flag and checked by `store verify` (every chu
 reader (each chunk once, as it is first read); the root and teacher attributes fixed at creation
 carry one CRC-32 (`attrs_crc32`; all but the `created` time). Schema 1 stores (no checksums) still open, resume and replay.
 
-Root attributes
-
-| attribute        | type        | meaning                                                          |
-|------------------|-------------|------------------------------------------------------------------|
-| format           | str         | "labelenh.softlabels"                                            |
-| schema           | int         | 2 (1: the same without checksums and attrs_crc32)                |
-| dataset          | str         | dataset name, e.g. "cifar10", "npz:/data/x.npz"                  |
-| fingerprint      | str         | ImageSource.fingerprint() of the train split (labels + samples)  |
-| dataset_meta     | JSON        | the dataset's meta (val split/seed, noise spec, sizes, ...)      |
-| num_samples      | int         | N, rows of the train split                                       |
-| num_classes      | int         | C                                                                |
-| num_views        | int         | V, augmented views per sample (0: clean logits only)             |
-| view_spec        | JSON        | the views' spec: {"op", its options, "base": {...}}, "null" when V = 0 (schema-1 stores: a flat dict of every op's options, read as meant) |
-| view_seed        | int         | seed the recipes were drawn from                                 |
-| image_size       | JSON        | [H, W] the recipes were drawn for                                |
-| logit_format     | str         | "fp16" \\| "fp32" \\| "topk"                                     |
-| topk             | int         | K of the top-k format (0 for dense)                              |
-| chunk_size       | int         | samples per chunk = images per teacher forward                   |
-| num_chunks       | int         | ceil(N / chunk_size)                                             |
-| teachers         | JSON        | teacher names, in storage order                                  |
-| normalization    | JSON        | {"mean": [...], "std": [...]} applied to the teachers' inputs    |
-| compute          | JSON        | {"device": "cpu"\\|"cuda", "amp": "off"\\|"fp16"\\|"bf16"}         |
-| identity         | JSON        | everything above that decides the stored bytes; a resume must match |
-| labelenh_version | str         | package version                                                  |
-| git_commit       | str         | `git rev-parse HEAD` of the package checkout, or "unknown"       |
-| created          | str         | ISO-8601 UTC time the file was started                           |
-| complete         | bool        | False until every chunk is written (then True)                   |
-| checksum         | str         | "crc32" (zlib's CRC-32 of each chunk's bytes per dataset)        |
-| provenance       | JSON        | stores made from stores only: the operation and its source stores (path, fingerprint, CRCs) |
-| attrs_crc32      | int         | CRC-32 of every root and teacher attribute except `complete`, `attrs_crc32` and the top-k error attributes (`attrs_digest`) |
-
-Datasets (N samples, C classes, V views, K top-k, T teachers)
-
-| path                             | shape      | dtype            | meaning                         |
-|----------------------------------|------------|------------------|---------------------------------|
-| /labels                          | (N,)       | int64            | hard labels the teachers saw (noisy labels included) |
-| /progress                        | (chunks,)  | uint8            | 1 = chunk written (set after its data and checksums reach the disk) |
-| /checksums                       | (chunks, D)| uint32           | CRC-32 of chunk c's bytes in dataset d (see below)   |
-| /views/recipes                   | (N, V)     | compound         | view recipes, `labelenh.views.recipe_dtype(spec)` (a store of several ops adds a 1-byte `op` field) |
-| /teachers/<name>/clean           | (N, C)     | float16/float32  | logits of the clean (un-augmented) sample            |
-| /teachers/<name>/views           | (N, V, C)  | float16/float32  | logits of view v of sample i                         |
-| /teachers/<name>/clean/indices   | (N, K)     | uint16/uint32    | top-k: class ids, largest logit first                |
-| /teachers/<name>/clean/values    | (N, K)     | float16          | top-k: log-probabilities, logit - lse                |
-| /teachers/<name>/clean/lse       | (N,)       | float32          | top-k: logsumexp of the row's logits                 |
-| /teachers/<name>/views/indices   | (N, V, K)  | uint16/uint32    | as for clean, per view                               |
-| /teachers/<name>/views/values    | (N, V, K)  | float16          |                                                      |
-| /teachers/<name>/views/lse       | (N, V)     | float32          |                                                      |
-| /teachers/<name>/topk_kl         | (chunks, 2)| float64          | top-k: per-chunk sums of KL(dense ‖ reconstructed), clean and views |
-
-Checksum columns follow the order of the datasets above as `StorePlan.checksummed()` lists
-them (every dataset but /progress and /checksums). Chunk c's bytes of a per-sample dataset are
-its rows [c * chunk_size, min(N, (c + 1) * chunk_size)) as they lie in the file (row-major);
-of /teachers/<name>/topk_kl, its row c.
-
-The views datasets exist only when V > 0; the top-k layout replaces the dense one when
-logit_format = "topk" (uint16 indices when C <= 65536).
-
-Teacher group attributes (/teachers/<name>)
-
-| attribute      | type  | meaning                                                         |
-|----------------|-------|-----------------------------------------------------------------|
-| model          | str   | model name (registry name)                                      |
-| sha256         | str   | sha256 of the checkpoint file (of the weights for in-memory models) |
-| source         | str   | checkpoint path it was loaded from                              |
-| acc1, nll, ece | float | the teacher's test metrics (NaN when unknown)                   |
-| metrics        | JSON  | all recorded test metrics                                       |
-| topk_kl_clean  | float | top-k only: mean KL(dense ‖ reconstructed) over all clean rows, nats |
-| topk_kl_views  | float | top-k only: the same over all view rows                         |
-
-Top-k reconstruction (the reader's dense logits): the K stored logits are values + lse; the
-remaining probability mass r = 1 - sum(exp(values)) is spread evenly over the other C - K
-classes, whose logit is log(r / (C - K)) + lse, capped at the smallest stored logit (a class
-outside the top K cannot be more likely than one inside) and floored at lse - 46 (p = 1e-20)
-when fp16 rounding leaves no mass.
+The tables of root attributes, datasets and teacher attributes are `ROOT_ATTRS`, `DATASETS`
+and `TEACHER_ATTRS` below: README's schema tables are generated from them
+(`python scripts/schema_tables.py`), and tests/test_schema_doc.py fails when the two differ.
+The top-k reconstruction rule: labelenh.store.topk.
 """
 
 from __future__ import annotations
@@ -99,6 +29,13 @@ from typing import Any
 import numpy as np
 
 from labelenh.errors import LabelenhError
+from labelenh.store.attrs import (  # noqa: F401 - part of the schema, imported from here
+    JSON_ATTRS,
+    TEACHER_JSON_ATTRS,
+    decode_attrs,
+    dedupe_names,
+    sanitize_name,
+)
 
 FORMAT = "labelenh.softlabels"
 SCHEMA = 2
@@ -107,11 +44,6 @@ CHECKSUM = "crc32"
 DENSE_FORMATS = ("fp16", "fp32")
 DEFAULT_CHUNK_SIZE = 256
 MIN_REST = 1e-20  # floor of the tail probability per class in top-k reconstruction
-
-# Root attributes that are JSON text.
-JSON_ATTRS = ("dataset_meta", "view_spec", "image_size", "teachers", "normalization", "compute",
-              "identity", "provenance")
-TEACHER_JSON_ATTRS = ("metrics",)
 
 
 @dataclass(frozen=True)
@@ -368,51 +300,99 @@ def bytes_per_view(fmt: LogitFormat, num_classes: int, recipe_itemsize: int) -> 
     return {"per_teacher": per_teacher, "recipe": int(recipe_itemsize)}
 
 
-def sanitize_name(name: str) -> str:
-    """A teacher name usable as an HDF5 group name (no '/', not '.' or empty)."""
-    s = "".join(ch if (ch.isalnum() or ch in "-_.+=@") else "_" for ch in str(name)).strip("._")
-    return s or "teacher"
-
-
-def dedupe_names(names: list[str]) -> list[str]:
-    """Sanitised, unique names: repeats get -2, -3, ... in order."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for raw in names:
-        base = sanitize_name(raw)
-        name, i = base, 1
-        while name in seen:
-            i += 1
-            name = f"{base}-{i}"
-        seen.add(name)
-        out.append(name)
-    return out
-
-
-def decode_attrs(attrs: Any, json_keys: tuple[str, ...] = JSON_ATTRS) -> dict[str, Any]:
-    """HDF5 attributes as plain Python values; JSON attributes parsed (never evaluated)."""
-    out: dict[str, Any] = {}
-    for key in attrs.keys():
-        val = attrs[key]
-        if isinstance(val, bytes):
-            val = val.decode("utf-8", "replace")
-        elif isinstance(val, np.generic):
-            val = val.item()
-        elif isinstance(val, np.ndarray):
-            val = val.tolist()
-        if key in json_keys and isinstance(val, str):
-            try:
-                val = json.loads(val)
-            except json.JSONDecodeError:
-                raise LabelenhError(f"attribute {key!r} is not valid JSON (attributes are parsed, never "
-                                    "evaluated): the file is damaged; re-export it") from None
-        out[key] = val
-    return out
-
-
 def _as_float(v: Any) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
         return math.nan
     return f
+
+
+# ---- the schema's documentation: the one source of README's tables ---------------------------
+# (name, type, meaning); a "|" inside a cell is written "\\|", as markdown needs it
+
+ROOT_ATTRS: tuple[tuple[str, str, str], ...] = (
+    ("format", "str", '"labelenh.softlabels"'),
+    ("schema", "int", "2 (1: the same without `checksum`, `attrs_crc32`, `/checksums`)"),
+    ("dataset", "str", 'dataset name, e.g. "cifar10", "npz:/data/x.npz"'),
+    ("fingerprint", "str", "ImageSource.fingerprint() of the train split (labels + samples)"),
+    ("dataset_meta", "JSON", "the dataset's meta (val split/seed, noise spec, sizes, ...)"),
+    ("num_samples", "int", "N, rows of the train split"),
+    ("num_classes", "int", "C"),
+    ("num_views", "int", "V, augmented views per sample (0: clean logits only)"),
+    ("view_spec", "JSON", 'the views\' spec: {"op", its options, "base": {...}}, "null" when V = 0 '
+     "(schema-1 stores: a flat dict of every op's options, read as meant)"),
+    ("view_seed", "int", "seed the recipes were drawn from"),
+    ("image_size", "JSON", "[H, W] the recipes were drawn for"),
+    ("logit_format", "str", '"fp16" \\| "fp32" \\| "topk"'),
+    ("topk", "int", "K of the top-k format (0 for dense)"),
+    ("chunk_size", "int", "samples per chunk = images per teacher forward"),
+    ("num_chunks", "int", "ceil(N / chunk_size)"),
+    ("teachers", "JSON", "teacher names, in storage order"),
+    ("normalization", "JSON", '{"mean": [...], "std": [...]} applied to the teachers\' inputs'),
+    ("compute", "JSON", '{"device": "cpu"\\|"cuda", "amp": "off"\\|"fp16"\\|"bf16"}'),
+    ("identity", "JSON", "everything above that decides the stored bytes; a resume must match"),
+    ("labelenh_version", "str", "package version"),
+    ("git_commit", "str", '`git rev-parse HEAD` of the package checkout, or "unknown"'),
+    ("created", "str", "ISO-8601 UTC time the file was started"),
+    ("complete", "bool", "False until every chunk is written (then True)"),
+    ("checksum", "str", '"crc32": zlib\'s CRC-32 of each chunk\'s bytes in each dataset'),
+    ("provenance", "JSON", "stores made from stores only: the operation and its source stores "
+     "(path, fingerprint, CRCs)"),
+    ("attrs_crc32", "int", "CRC-32 of every root and teacher attribute but `complete`, `created`, "
+     "`attrs_crc32` and the top-k error attributes"),
+)
+
+# (path, shape, dtype, meaning) for N samples, C classes, V views, K top-k
+DATASETS: tuple[tuple[str, str, str, str], ...] = (
+    ("/labels", "(N,)", "int64", "hard labels the teachers saw (noisy labels included)"),
+    ("/progress", "(chunks,)", "uint8", "1 = chunk written (set after its data and checksums are synced)"),
+    ("/checksums", "(chunks, D)", "uint32", "CRC-32 of chunk c's bytes in dataset d: every dataset in "
+     "this table's order but /progress and /checksums; a chunk's bytes are its samples' rows (of "
+     "`topk_kl`: row c)"),
+    ("/views/recipes", "(N, V)", "compound", "view recipes, `labelenh.views.recipe_dtype(spec)` (a "
+     "store of several ops adds a 1-byte `op` field)"),
+    ("/teachers/<name>/clean", "(N, C)", "float16/float32", "logits of the clean (un-augmented) sample"),
+    ("/teachers/<name>/views", "(N, V, C)", "float16/float32", "logits of view v of sample i"),
+    ("/teachers/<name>/clean/indices", "(N, K)", "uint16/uint32", "top-k: class ids, largest logit first"),
+    ("/teachers/<name>/clean/values", "(N, K)", "float16", "top-k: log-probabilities, logit - lse"),
+    ("/teachers/<name>/clean/lse", "(N,)", "float32", "top-k: logsumexp of the row's logits"),
+    ("/teachers/<name>/views/indices", "(N, V, K)", "uint16/uint32", "as for clean, per view"),
+    ("/teachers/<name>/views/values", "(N, V, K)", "float16", ""),
+    ("/teachers/<name>/views/lse", "(N, V)", "float32", ""),
+    ("/teachers/<name>/topk_kl", "(chunks, 2)", "float64", "top-k: per-chunk sums of KL(dense ‖ "
+     "reconstructed), clean and views"),
+)
+
+# (name, type, meaning) of /teachers/<name>
+TEACHER_ATTRS: tuple[tuple[str, str, str], ...] = (
+    ("model", "str", "model name (registry name)"),
+    ("sha256", "str", "sha256 of the checkpoint file (of the weights for in-memory models)"),
+    ("source", "str", "checkpoint path it was loaded from"),
+    ("acc1, nll, ece", "float", "the teacher's test metrics (NaN when unknown)"),
+    ("metrics", "JSON", "all recorded test metrics"),
+    ("topk_kl_clean", "float", "top-k only: mean KL(dense ‖ reconstructed) over all clean rows, nats"),
+    ("topk_kl_views", "float", "top-k only: the same over all view rows"),
+)
+
+
+def _table(header: tuple[str, ...], widths: tuple[int, ...], rows: tuple[tuple[str, ...], ...]) -> str:
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
+
+
+def markdown_tables() -> str:
+    """README's schema tables (root attributes, datasets, teacher attributes), from the above."""
+    return "\n\n".join([
+        "**Root attributes**",
+        _table(("attribute", "type", "meaning"), (16, 11, 64), ROOT_ATTRS),
+        "**Datasets** (N samples, C classes, V views, K top-k, T teachers)",
+        _table(("path", "shape", "dtype", "meaning"), (32, 11, 16, 31), DATASETS),
+        "The views datasets exist only when V > 0; the top-k layout replaces the dense one when\n"
+        'logit_format = "topk" (uint16 indices when C <= 65536).',
+        "**Teacher attributes** (`/teachers/<name>`)",
+        _table(("attribute", "type", "meaning"), (14, 5, 63), TEACHER_ATTRS),
+    ]) + "\n"

@@ -1,4 +1,10 @@
-"""Top-k compression of logits and its dense reconstruction (see schema.py for the rule).
+"""Top-k compression of logits and its dense reconstruction.
+
+Reconstruction (the reader's dense logits): the K stored logits are values + lse; the
+remaining probability mass r = 1 - sum(exp(values)) is spread evenly over the other C - K
+classes, whose logit is log(r / (C - K)) + lse, capped at the smallest stored logit (a class
+outside the top K cannot be more likely than one inside) and floored at lse - 46 (p = 1e-20)
+when fp16 rounding leaves no mass.
 
 Values are stored as fp16 log-probabilities (logit - lse) rather than raw logits: a confident
 teacher's top class has log-probability near 0, where fp16 is far finer than at a raw logit of

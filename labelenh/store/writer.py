@@ -43,7 +43,7 @@ def _dcpl(allocate: bool) -> h5py.h5p.PropDCID:
 def write_skeleton(f: h5py.File, plan: StorePlan, *, allocate: bool = True) -> None:
     """Every attribute and dataset of the plan; attributes that change later exist already (same
     type), so finishing the store rewrites them in place."""
-    from labelenh.utils import git_commit
+    from labelenh.provenance import git_commit
 
     for k, v in plan.root_attrs().items():
         f.attrs[k] = v
@@ -71,7 +71,7 @@ def stamp_attrs(f: h5py.File) -> None:
 
 def check_free_space(folder: Path, need: int, what: Path) -> None:
     """Refuse, in one line with the numbers, a store that the disk cannot hold."""
-    from labelenh.store.export import human_bytes
+    from labelenh.store.progress import human_bytes
 
     try:
         free = shutil.disk_usage(folder).free
@@ -102,7 +102,7 @@ def create_store(path: Path, plan: StorePlan, report_as: Path | None = None) -> 
     """Write the skeleton to a temporary sibling, reserve its disk space, then rename it to `path`
     (atomic). report_as: the store a failure is reported against (the one an `--overwrite`
     export replaces). A disk without room for the whole store is refused before anything."""
-    from labelenh.utils import write_error
+    from labelenh.write_errors import write_error
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # skeletons of killed exports (we hold the lock)

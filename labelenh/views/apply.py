@@ -25,7 +25,7 @@ class _Source(Protocol):
     def load(self, indices: torch.Tensor) -> torch.Tensor: ...
 
 
-def _render(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
+def render_views(sources: torch.Tensor, r: Recipes) -> torch.Tensor:
     """float32 [B, C, H, W] view images (0..255): every source through the base op (or the op
     itself when it is one), then the op combines them."""
     spec = r.spec
@@ -83,7 +83,7 @@ def apply_views(
     device = sources.device
     r = recipes.to(device)
     source_labels = source_labels.to(device=device, dtype=torch.int64)
-    return _render(sources.contiguous(), r), _label_weights(r, source_labels, num_classes)
+    return render_views(sources.contiguous(), r), _label_weights(r, source_labels, num_classes)
 
 
 def gather_and_apply(

@@ -207,15 +207,7 @@ class Recipes:
         the sample index is implicit in the row); `views` is optional (-1 when absent).
         `num_samples`, when given, bounds the partner indices.
         """
-        arr = np.asarray(arr)
-        want = recipe_dtype(spec)
-        if arr.dtype.names != want.names or any(
-            arr.dtype[n].shape != want[n].shape or arr.dtype[n].base.kind != want[n].base.kind
-            for n in want.names
-        ):
-            raise LabelenhError(
-                f"recipe records have dtype {arr.dtype}, expected {want} for {spec.describe()}"
-            )
+        arr = _checked_records(np.asarray(arr), spec)
         if samples is None:
             if arr.ndim != 2:
                 raise LabelenhError("pass samples= for recipe records that are not an [N, V] table")
@@ -229,21 +221,39 @@ class Recipes:
                 else torch.as_tensor(np.asarray(views), dtype=torch.int64).reshape(-1))
         if sample.shape[0] != b or view.shape[0] != b:
             raise LabelenhError(f"{b} recipe records but {sample.shape[0]} samples / {view.shape[0]} views")
-        s = spec.num_sources
-        flags = torch.as_tensor(flat["flags"].astype(np.int64))
-        partners = (torch.as_tensor(flat["partners"].astype(np.int64)) if s > 1
+        partners = (torch.as_tensor(flat["partners"].astype(np.int64)) if spec.num_sources > 1
                     else torch.zeros(b, 0, dtype=torch.int64))
         if num_samples is not None and partners.numel() and int(partners.max()) >= num_samples:
             raise LabelenhError(f"recipe partner index {int(partners.max())} >= {num_samples} samples")
-        data: dict[str, torch.Tensor] = {}
-        for f in layout(spec):
-            if f.bit is None:
-                data[f.name] = torch.as_tensor(flat[f.name].astype(np.float32 if f.dtype == "float32" else np.int64))
-            elif f.per_source:
-                data[f.name] = ((flags[:, None] >> (f.bit + torch.arange(s))) & 1).bool()
-            else:
-                data[f.name] = ((flags >> f.bit) & 1).bool()
-        return cls.from_fields(spec, image_size, sample, view, partners, data)
+        return cls.from_fields(spec, image_size, sample, view, partners, _decoded_fields(flat, spec))
+
+
+def _checked_records(arr: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """`arr`, refused unless its fields are the records of `spec` (`recipe_dtype`)."""
+    want = recipe_dtype(spec)
+    if arr.dtype.names != want.names or any(
+        arr.dtype[n].shape != want[n].shape or arr.dtype[n].base.kind != want[n].base.kind
+        for n in want.names
+    ):
+        raise LabelenhError(
+            f"recipe records have dtype {arr.dtype}, expected {want} for {spec.describe()}"
+        )
+    return arr
+
+
+def _decoded_fields(flat: np.ndarray, spec: ViewSpec) -> dict[str, torch.Tensor]:
+    """The records' fields as tensors [B] or [B, S]; flags unpacked from their bits."""
+    s = spec.num_sources
+    flags = torch.as_tensor(flat["flags"].astype(np.int64))
+    data: dict[str, torch.Tensor] = {}
+    for f in layout(spec):
+        if f.bit is None:
+            data[f.name] = torch.as_tensor(flat[f.name].astype(np.float32 if f.dtype == "float32" else np.int64))
+        elif f.per_source:
+            data[f.name] = ((flags[:, None] >> (f.bit + torch.arange(s))) & 1).bool()
+        else:
+            data[f.name] = ((flags >> f.bit) & 1).bool()
+    return data
 
 
 def _ops(spec: ViewSpec):

@@ -211,13 +211,13 @@ class Multi(Op):
         return ""
 
     def render(self, spec, views, r):
-        from labelenh.views.apply import _render
+        from labelenh.views.apply import render_views
 
         B, _, C, H, W = views.shape
         out = torch.empty((B, C, H, W), dtype=torch.float32, device=views.device)
         for m, g in self.groups(spec, r):
             m = m.to(views.device)
-            out[m] = _render(views[m][:, : g.spec.num_sources], g.to(views.device))
+            out[m] = render_views(views[m][:, : g.spec.num_sources], g.to(views.device))
         return out
 
     def weights(self, spec, r):
