@@ -75,8 +75,9 @@ class TrainConfig:
     model_ema: bool = False  # keep, evaluate and checkpoint an EMA of the weights (timm's ModelEmaV3)
     model_ema_decay: float = 0.9998  # timm's train.py default
     compile: bool = False  # torch.compile the training model (costs a compile at start)
-    # channels_last applies on CPU too; runs recorded before it did (no such key) keep it off there
-    channels_last_cpu: bool = True
+    # channels_last on CPU as well: None = where it was measured faster (`cpu_channels_last`); runs
+    # recorded before it applied on CPU (no such key) keep it off there
+    channels_last_cpu: bool | None = None
 
     def validate(self) -> TrainConfig:
         """Every setting in its documented range (labelenh.bounds) before anything is allocated."""
@@ -118,6 +119,22 @@ class TrainConfig:
 # resume of it takes this value, and an absent key equal to it is no change of settings.
 LEGACY_TRAIN = {"opt": "sgd", "model_ema": False, "model_ema_decay": 0.9998, "compile": False,
                 "channels_last_cpu": False}
+
+
+def cpu_channels_last(model_name: str) -> bool:
+    """Whether channels-last speeds up this model's training steps on CPU. Measured side by side
+    (scripts/bench_train.py, BENCHMARKS.md): the CIFAR ResNets gain 1.2-1.5x, timm:resnet18 at
+    32x32 loses (0.93x); so on CPU it is on for labelenh's own models, off for timm:/torchvision:."""
+    return ":" not in model_name
+
+
+def with_memory_format(cfg: TrainConfig, model_name: str) -> TrainConfig:
+    """`cfg` with channels_last_cpu decided for `model_name` when it was left to the default."""
+    from dataclasses import replace
+
+    if cfg.channels_last_cpu is not None:
+        return cfg
+    return replace(cfg, channels_last_cpu=cpu_channels_last(model_name))
 
 
 def check_optimizer(name: str) -> str:
@@ -308,7 +325,7 @@ class Engine:
         self.loggers: list[RunLogger] = []  # opened by fit() on rank 0
         self.progress = progress and sys.stderr.isatty() and dist.is_main()
         self.amp_dtype = autocast_dtype(cfg.amp, device)
-        self.channels_last = cfg.channels_last and (device.type == "cuda" or cfg.channels_last_cpu)
+        self.channels_last = cfg.channels_last and (device.type == "cuda" or bool(cfg.channels_last_cpu))
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)  # 4-d weights only; others stay as they are

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from labelenh.checkpoint import (
     resolve_checkpoint_path,
     state_dict_of,
 )
-from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, with_memory_format
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 from labelenh.models import build_model
@@ -234,10 +234,9 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
     name = check_run_name(s.name if s.name is not None else default_run_name(
         f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
     if resume:
-        from dataclasses import replace
-
         train, notes = recorded_train(s.train, Path(s.runs_dir) / name, s.scaled)
         s = replace(s, train=train, scaled=notes)
+    s = replace(s, train=with_memory_format(s.train, s.model))  # recorded in config.json
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
     run_dir = Path(s.runs_dir) / name

@@ -20,7 +20,7 @@ from labelenh.checkpoint import (
     state_dict_of,
 )
 from labelenh.data import DatasetBundle, load_dataset
-from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict, with_memory_format
 from labelenh.errors import LabelenhError, OutputError
 from labelenh.losses import soft_cross_entropy
 from labelenh.metrics import classification_metrics
@@ -202,6 +202,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
         s = _recorded_aug(s, run_dir / "checkpoint.pt")
         train, notes = recorded_train(s.train, run_dir, s.scaled)
         s = replace(s, train=train, scaled=notes)
+    s = replace(s, train=with_memory_format(s.train, s.model))  # recorded in config.json
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))

@@ -461,3 +461,20 @@ def test_training_help_shows_the_resolved_defaults():
 def test_teach_settings_replace_keeps_scaled_notes_out_of_the_record(tmp_path):
     s = replace(tiny(tmp_path), scaled={"milestones": "note"})
     assert "scaled" not in s.run_config() and "milestones" in s.run_config()["train"]
+
+
+def test_channels_last_on_cpu_by_model_and_by_flag(tmp_path):
+    """On CPU the default follows the measurement (labelenh's CIFAR ResNets on, timm models off);
+    --channels-last forces it, and config.json records the choice."""
+    from labelenh.engine import cpu_channels_last, with_memory_format
+
+    assert cpu_channels_last("resnet20") and not cpu_channels_last("timm:resnet18")
+    assert with_memory_format(TrainConfig(), "timm:resnet18").channels_last_cpu is False
+    assert with_memory_format(TrainConfig(channels_last_cpu=True), "timm:resnet18").channels_last_cpu is True
+    args = ["teach", *DS, "--model", "timm:resnet10t", "--batch-size", "64", "--epochs", "1", "--runs-dir", tmp_path]
+    r = run_cli(*args, "--name", "auto")
+    assert r.code == 0, r.err
+    assert "channels-last off" in r.out and _ck(tmp_path / "auto")["config"]["train"]["channels_last_cpu"] is False
+    r = run_cli(*args, "--channels-last", "--name", "forced")
+    assert r.code == 0, r.err
+    assert "channels-last on" in r.out and _ck(tmp_path / "forced")["config"]["train"]["channels_last_cpu"] is True

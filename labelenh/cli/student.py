@@ -170,7 +170,8 @@ def student(
         schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs,
         patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
         opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
-        channels_last=channels_last, weights=str(init) if init else None, reset_head=reset_head or None,
+        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
+        weights=str(init) if init else None, reset_head=reset_head or None,
         teachers=teachers, teacher=list(teacher) if teacher else None,
     )
     v = c.resolve(flags, rec)

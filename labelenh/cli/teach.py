@@ -61,7 +61,8 @@ def teach(
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
         gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
         opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
-        channels_last=channels_last, weights=str(weights) if weights else None, reset_head=reset_head or None,
+        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
+        weights=str(weights) if weights else None, reset_head=reset_head or None,
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
