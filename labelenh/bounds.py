@@ -77,6 +77,9 @@ SEED = Bound(0, 2**63, integer=True, hi_open=True)
 VIEWS = Bound(0, 10**5, integer=True, why="views per sample; the store also needs the disk space")
 VIEW_INDEX = Bound(0, 10**5, integer=True, hi_open=True)
 IMAGE_SIZE = Bound(1, 4096, integer=True, why="pixels per side")
+CROP_PCT = Bound(0.05, 1.0, lo_open=False, why="fraction of the resized short side an evaluation image keeps")
+# Loader worker processes of lazy sources (image folders); 0 decodes in the training process.
+WORKERS = Bound(0, 1024, integer=True, why="each worker is a process holding its prefetched batches")
 NUM_CLASSES = Bound(2, 10**5, integer=True, why="a label sets the size of the model's last layer")
 # Synthetic data is generated in memory in float64 (8 bytes a value): its train images may hold
 # at most 2^28 uint8 values (256 MiB), i.e. about 2 GiB while they are made.

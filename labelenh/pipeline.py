@@ -1,5 +1,6 @@
-"""Batches for the engine: seeded per-epoch order, views applied batched on the device, clean
-normalised evaluation batches. Shared by the teacher and the student stages."""
+"""Batches for the engine: seeded per-epoch order, views applied batched on the device (in
+memory) or in loader workers (image folders), clean normalised evaluation batches. Shared by
+the teacher and the student stages."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import torch
 
 from labelenh import distributed as dist
 from labelenh.data import DatasetBundle, ImageSource, TensorImages, normalize
+from labelenh.data.loader import BatchLoader, MakeBatch, as_float_images, resolve_workers
 from labelenh.errors import LabelenhError
 from labelenh.utils import generator
-from labelenh.views import Recipes, ViewSpec, gather_and_apply, sample_views
+from labelenh.views import ViewSpec, gather_and_apply, sample_views
 
 
 class ImagePipeline:
     """Holds a dataset bundle near the model: CIFAR-size in-memory datasets move to the training
     device once as uint8 (the cifar10-airbench layout), so augmentation and normalisation run
-    batched there instead of per image in loader workers."""
+    batched there instead of per image in loader workers. Image folders cannot: their batches
+    are decoded and rendered in `workers` persistent loader processes (`made_batches`)."""
 
     def __init__(
         self,
@@ -27,8 +30,12 @@ class ImagePipeline:
         batch_size: int,
         eval_batch_size: int = 500,
         seed: int = 0,
+        workers: int | None = None,
     ) -> None:
         self.bundle = bundle
+        self.workers = resolve_workers(workers)  # checked before any data is touched
+        self._loaders: dict[int, tuple[MakeBatch, BatchLoader]] = {}
+        self._makers: dict[str, MakeBatch] = {}  # the evaluation splits' (one loader each)
         self.device = device
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -74,19 +81,35 @@ class ImagePipeline:
             batches.pop()  # a batch of one breaks BatchNorm in train mode
         return batches
 
+    def made_batches(self, epoch: int, make: MakeBatch
+                     ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """(indices [B], make(indices, epoch) on the device) for this rank's batches of an epoch.
+
+        In-memory splits call `make` here, on the device; lazy sources (image folders) run it in
+        `workers` loader processes, one batch per item, the next batches prefetched while the
+        model steps. `make` draws everything from (seed, epoch, sample), so both give the same
+        tensors. One loader per `make` (its workers persist across epochs)."""
+        batches = self.epoch_batches(epoch)
+        if isinstance(self.train, TensorImages):
+            for idx in batches:
+                yield idx, as_float_images(make(idx, epoch))
+            return
+        for idx, out in zip(batches, self._run(make, epoch, batches), strict=True):
+            yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
+
+    def _run(self, make: MakeBatch, epoch: int, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+        if id(make) not in self._loaders:  # `make` kept alongside, so its id stays its own
+            pin = self.device.type == "cuda"
+            self._loaders[id(make)] = (make, BatchLoader(make, self.workers, pin_memory=pin))
+        return self._loaders[id(make)][1].run(epoch, batches)
+
     def steps_per_epoch(self) -> int:
         return len(self.epoch_batches(0))
 
-    def apply(self, recipes: Recipes) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised images [B, C, H, W], hard-label weights [B, K]) for a batch of recipes."""
-        x, w = gather_and_apply(self.train, recipes, self.bundle.num_classes)
-        return self.normalize(x.to(self.device)), w.to(self.device)
-
-    def views_for(self, idx: torch.Tensor, spec: ViewSpec, seed: int, view: int, num_views: int) -> Recipes:
-        return sample_views(
-            self.num_train, num_views, spec, seed, self.image_size,
-            samples=idx, views=torch.tensor([view]), source=self.train,
-        )
+    def view_maker(self, spec: ViewSpec, seed: int, num_views: int) -> MakeBatch:
+        """make(indices, epoch) -> (images 0..255 [B, C, H, W], label weights [B, K]): each
+        sample's view `epoch` of `num_views` drawn from `seed` (for `made_batches`)."""
+        return _EpochViews(self.train, spec, seed, num_views, self.image_size, self.bundle.num_classes)
 
     def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -102,10 +125,43 @@ class ImagePipeline:
             raise LabelenhError(f"eval shard {rank} of {world} does not exist")
         starts = range(0, n, self.eval_batch_size)
         per_rank = -(-len(starts) // world)
-        for start in starts[rank * per_rank:(rank + 1) * per_rank]:
-            idx = torch.arange(start, min(start + self.eval_batch_size, n))
-            x = src.load(idx).to(self.device, non_blocking=True).float()
+        batches = [torch.arange(s, min(s + self.eval_batch_size, n))
+                   for s in starts[rank * per_rank:(rank + 1) * per_rank]]
+        if isinstance(src, TensorImages):
+            made = ((src.load(idx),) for idx in batches)
+        else:  # image folders decode in the loader workers, as for training
+            key = f"eval:{split}"
+            if key not in self._makers:
+                self._makers[key] = _Clean(src)
+            made = self._run(self._makers[key], 0, batches)
+        for idx, (x,) in zip(batches, made, strict=True):
+            x = x.to(self.device, non_blocking=True).float()
             yield self.normalize(x), src.labels[idx.to(src.labels.device)].to(self.device)
+
+
+class _EpochViews:
+    """Picklable for loader workers: holds the source, not the pipeline (which holds the device
+    tensors and the loaders themselves)."""
+
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, num_views: int,
+                 image_size: tuple[int, int], num_classes: int) -> None:
+        self.source, self.spec, self.seed, self.num_views = source, spec, seed, num_views
+        self.image_size, self.num_classes = image_size, num_classes
+
+    def __call__(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = sample_views(len(self.source), self.num_views, self.spec, self.seed, self.image_size,
+                           samples=idx, views=torch.tensor([epoch]), source=self.source)
+        return gather_and_apply(self.source, rec, self.num_classes, uint8_ok=True)
+
+
+class _Clean:
+    """make(indices, epoch) -> (uint8 [B, C, H, W],): a split's clean images (evaluation)."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __call__(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor]:
+        return (self.source.load(idx),)
 
 
 def _on_device(src: ImageSource, device: torch.device) -> ImageSource:

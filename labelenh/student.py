@@ -3,6 +3,7 @@ baselines, from the hard labels or an online teacher), on the same engine as the
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +33,7 @@ from labelenh.teach import (
     dataset_record,
     default_run_name,
     describe_data,
+    recorded_data,
     recorded_train,
 )
 from labelenh.utils import derive_seed, resolve_device
@@ -57,6 +59,7 @@ class StudentSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
     preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
     log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
     log_every: int = 50  # optimiser steps between logged training losses
@@ -65,7 +68,7 @@ class StudentSettings:
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("name", "runs_dir", "device", "preload", "log", "log_every", "scaled"):
+        for key in ("name", "runs_dir", "device", "preload", "workers", "log", "log_every", "scaled"):
             d.pop(key)  # where and how the run is made and watched, not what it trains
         return {"stage": "student", **d}
 
@@ -95,14 +98,17 @@ class StudentTask:
         self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
                                     seed=self.seed, spec=spec, logits=self.uses_store,
                                     num_classes=pipe.bundle.num_classes, device=pipe.device)
+        # one object: the pipeline keeps a loader per maker
+        self.make_images = functools.partial(self.batches.images, uint8_ok=True)
 
     def epoch_views(self, epoch: int) -> torch.Tensor | None:
         """int64 [N]: the store view every sample shows in `epoch` (None without --aug)."""
         return self.batches.views(torch.arange(self.pipe.num_train), epoch)
 
     def train_batches(self, epoch: int):
-        for idx in self.pipe.epoch_batches(epoch):
-            x, inp = self.batches.batch(idx, epoch)  # x float 0..255 [B, C, H, W] on the device
+        # images rendered in loader workers for image folders; labels and logits read here
+        for idx, images in self.pipe.made_batches(epoch, self.make_images):
+            x, inp = self.batches.batch(idx, epoch, images)  # x float 0..255 [B, C, H, W] on the device
             yield Batch(x=self.pipe.normalize(x), labels=inp.labels, inputs=inp)
 
     def loss(self, model: nn.Module, batch: Batch):
@@ -189,7 +195,7 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
         raise LabelenhError(f"--teacher runs {s.method!r}'s teacher online and --store reads it from a store: "
                             "pass one of them")
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
-                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
+                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     store, ids = open_store(s, method, pipe, warn=warn)
     online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
     return StudentTask(pipe, method, s, store, ids, online)
@@ -228,18 +234,29 @@ def _describe(s: StudentSettings, task: StudentTask, bundle: Any, method: Method
     return rows
 
 
+def _data_record(s: StudentSettings, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The data options the student's images must repeat: the store's export options (its clean
+    images are the ones the teachers saw), else those of the run being resumed."""
+    if s.store is not None:
+        from labelenh.store.derive import export_options
+
+        return export_options(s.store)
+    return recorded_data(run_dir / "checkpoint.pt") if resume else None
+
+
 def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one student into `runs_dir/name`; returns the run summary."""
     device = dist.init_from_env(resolve_device(s.device))
     name = check_run_name(s.name if s.name is not None else default_run_name(
         f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
+    run_dir = Path(s.runs_dir) / name
+    s = replace(s, data=s.data.for_run(lambda: _data_record(s, run_dir, resume)))
     if resume:
         train, notes = recorded_train(s.train, Path(s.runs_dir) / name, s.scaled)
         s = replace(s, train=train, scaled=notes)
     s = replace(s, train=with_memory_format(s.train, s.model))  # recorded in config.json
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
-    run_dir = Path(s.runs_dir) / name
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))

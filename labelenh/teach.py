@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from labelenh.checkpoint import (
     save_checkpoint,
     state_dict_of,
 )
-from labelenh.data import DatasetBundle, load_dataset
+from labelenh.data import DatasetBundle, load_dataset, resolve_crop_pct
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict, with_memory_format
 from labelenh.errors import LabelenhError, OutputError
 from labelenh.losses import soft_cross_entropy
@@ -41,6 +42,8 @@ class DataSettings:
     noisy_labels: str | None = None
     noise_seed: int = 0
     image_size: int | None = None
+    # an image folder's evaluation crop; None: 1.0, as runs made before it was recorded
+    crop_pct: float | None = None
 
     def load(self) -> DatasetBundle:
         return load_dataset(
@@ -52,7 +55,13 @@ class DataSettings:
             noisy_labels=self.noisy_labels,
             noise_seed=self.noise_seed,
             image_size=self.image_size,
+            crop_pct=self.crop_pct,
         )
+
+    def for_run(self, record: Callable[[], dict[str, Any] | None]) -> DataSettings:
+        """These settings with the crop fraction a run uses (`resolve_crop_pct`): `record()`
+        gives the data the resumed run or the read store was made with, None for a new run."""
+        return replace(self, crop_pct=resolve_crop_pct(self.dataset, self.crop_pct, record))
 
 
 @dataclass
@@ -66,6 +75,7 @@ class TeachSettings:
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
+    workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
     log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
     log_every: int = 50  # optimiser steps between logged training losses
     # train settings derived from --epochs (key -> what was done); a resume keeps the recorded ones
@@ -102,14 +112,13 @@ class TeacherTask:
         self.view_seed = derive_seed(seed, "teacher-views")
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
+        # The epoch number is the view id: each epoch sees a fresh, replayable view per sample.
+        self.make = pipe.view_maker(spec, self.view_seed, num_views=epochs)
 
     def train_batches(self, epoch: int):
         labels = self.pipe.train.labels
-        for idx in self.pipe.epoch_batches(epoch):
-            # The epoch number is the view id: each epoch sees a fresh, replayable view per sample.
-            rec = self.pipe.views_for(idx, self.spec, self.view_seed, view=epoch, num_views=self.epochs)
-            x, w = self.pipe.apply(rec)
-            yield Batch(x=x, labels=labels[idx.to(labels.device)].to(x.device), inputs=w)
+        for idx, (x, w) in self.pipe.made_batches(epoch, self.make):
+            yield Batch(x=self.pipe.normalize(x), labels=labels[idx.to(labels.device)].to(x.device), inputs=w)
 
     def loss(self, model: nn.Module, batch: Batch):
         logits = model(batch.x)
@@ -187,6 +196,14 @@ def describe_data(bundle: DatasetBundle) -> tuple[str, str]:
     return "data", f"{bundle.name}: {', '.join(sizes)}, {bundle.num_classes} classes, {c}x{h}x{w}"
 
 
+def recorded_data(path: Path) -> dict[str, Any] | None:
+    """The data settings a run's checkpoint records, None when there is no checkpoint."""
+    if not path.is_file():
+        return None
+    data = (read_checkpoint(path).get("config") or {}).get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one teacher into `runs_dir/name`; returns the run summary."""
     from dataclasses import replace
@@ -196,8 +213,9 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     spec = ViewSpec.from_dict(s.aug)
     name = check_run_name(s.name if s.name is not None else default_run_name(
         "teach", s.model, s.data.dataset, s.train.seed))
-    bundle = s.data.load()
     run_dir = Path(s.runs_dir) / name
+    s = replace(s, data=s.data.for_run(lambda: recorded_data(run_dir / "checkpoint.pt") if resume else None))
+    bundle = s.data.load()
     if resume:
         s = _recorded_aug(s, run_dir / "checkpoint.pt")
         train, notes = recorded_train(s.train, run_dir, s.scaled)
@@ -210,7 +228,7 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     model = build_model(s.model, bundle.num_classes, in_chans=in_chans, weights=s.weights,
                         reset_head=s.reset_head)
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
-                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed)
+                         eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     task = TeacherTask(pipe, spec, s.train.seed, s.train.epochs)
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}

@@ -14,6 +14,11 @@ Budgets (`--budget`; wall times measured on 2 CPU cores with `--jobs 2`, clean +
          (clean alone: 116 minutes with the cores shared about half of the time)
   gpu    resnet56 teachers and resnet20 students, 200 epochs with cosine decay, 64 views: the
          full setting, for one GPU (`--device cuda`)
+  converged  the regime of the label-enhancement claims: teachers and students trained until
+         their train accuracy passes 99 % (multistep schedule), a validation split every method
+         shares for temperature scaling, one store per view op (RICAP and CutMix) with a view
+         for every student epoch, every method on clean and on 40 % symmetric noise, 3 seeds;
+         the expected wall time of each part is printed before it starts
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import argparse
 import time
 from pathlib import Path
 
-from driver import default_jobs, finished, resume_flag, run, run_all, store_complete
+from driver import default_jobs, finished, on_gpu, resume_flag, run, run_all, store_complete
 
 BUDGETS = {
     #        teacher model, teacher epochs, student model, student epochs, views, seeds
@@ -30,7 +35,14 @@ BUDGETS = {
     "small": dict(teacher="resnet20", t_epochs=15, student="resnet8", s_epochs=6, views=8, seeds=3, batch=128),
     "cpu": dict(teacher="resnet20", t_epochs=30, student="resnet8", s_epochs=15, views=16, seeds=3, batch=128),
     "gpu": dict(teacher="resnet56", t_epochs=200, student="resnet20", s_epochs=200, views=64, seeds=3, batch=128),
+    # Epochs and milestones from measured runs on the bundled subset (RESULTS.md, "Converged"):
+    # the last milestone leaves a quarter of the run at lr 0.001, where train accuracy settles.
+    "converged": dict(teacher="resnet20", t_epochs=60, student="resnet20", s_epochs=60, views=60, seeds=3,
+                      batch=128, schedule=["--schedule", "multistep", "--milestones", "30,45", "--gamma", "0.1"],
+                      stores=("ricap", "cutmix"), val_split=0.1, gls_finetune_epochs=15,
+                      methods="all", noisy_methods="all"),
 }
+COSINE = ["--schedule", "cosine", "--warmup-epochs", "1"]
 
 # label -> student flags; the Aug- rows train on the store's RICAP views.
 CLEAN_METHODS = {
@@ -46,20 +58,62 @@ CLEAN_METHODS = {
     "ils": ["--method", "ils", "STORE1"],
     "aug-sl": ["--method", "sl", "STORE1", "--aug", "ricap"],
     "aug-kd-sl": ["--method", "kd-sl", "STORE", "--aug", "ricap"],
+    # the methods of the converged budget on top of the above; a store is picked by --aug's op
+    "aug-sl-cutmix": ["--method", "sl", "STORE1", "--aug", "cutmix"],
+    "aug-kd-sl-cutmix": ["--method", "kd-sl", "STORE", "--aug", "cutmix"],
+    "dkd": ["--method", "dkd", "STORE"],
+    "dist": ["--method", "dist", "STORE"],
+    # logit standardisation at the paper's base temperature (Sun et al. 2024: T = 2)
+    "kd-sl-stand": ["--method", "kd-sl", "STORE", "--logit-stand", "--temperature", "2"],
+    # the negative-LS paper's procedure: CE first (this seed's vanilla run, its best epoch by
+    # validation NLL), then r < 0 at a constant learning rate of 1e-6
+    "gls-warm": ["--method", "gls", "--smooth-rate", "-0.2", "WARM", "--schedule", "constant", "--lr", "1e-6"],
 }
+BASE_METHODS = [m for m in CLEAN_METHODS if m not in
+                ("aug-sl-cutmix", "aug-kd-sl-cutmix", "dkd", "dist", "kd-sl-stand", "gls-warm")]
 NOISY_METHODS = ["vanilla", "ls", "gls-", "sl", "kd-sl"]
+AFTER = {"gls-warm": "vanilla"}  # runs that start from another method's run of the same seed
+
+
+def student_flags(label: str, stores: dict[str, Path], first: str, runs: Path, seed: int,
+                  teachers: list[Path]) -> list[str]:
+    """The method's flags with its placeholders filled: STORE (every teacher) and STORE1 (the
+    first) name the store of the run's --aug op (the first store without one); WARM is the
+    best checkpoint of this seed's run of the method it starts from."""
+    spec = CLEAN_METHODS[label]
+    op = spec[spec.index("--aug") + 1] if "--aug" in spec else next(iter(stores))
+    if op not in stores:
+        raise SystemExit(f"reproduce: {label} trains on {op} views but this budget exports "
+                         f"{', '.join(stores)} stores only")
+    flags: list[str] = []
+    for f in spec:
+        if f == "STORE":
+            flags += ["--store", str(stores[op])]
+        elif f == "STORE1":  # single-teacher methods read the first teacher only
+            flags += ["--store", str(stores[op]), "--teachers", first]
+        elif f == "WARM":
+            flags += ["--init", str(runs / f"{AFTER[label]}-s{seed}" / "best.pt")]
+        else:
+            flags.append(f)
+    if label == "kd":
+        flags += ["--teacher", str(teachers[0])]
+    return flags
 
 
 def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device: str, dry: bool,
                jobs: int = 1, val_split: float | None = None) -> Path:
+    val_split = val_split if val_split is not None else b.get("val_split")
     data = ["--dataset", "cifar10-mini", "--device", device]
     if val_split:  # held out of training: early stopping's and temperature scaling's split
         data += ["--val-split", str(val_split)]
     if noise:
         data += ["--noise", noise, "--noise-seed", "0"]
     runs = out / "runs"
-    sched = ["--schedule", "cosine", "--warmup-epochs", "1", "--lr", "0.1", "--nesterov",
-             "--batch-size", str(b["batch"]), "--weight-decay", "5e-4"]
+    sched = [*b.get("schedule", COSINE), "--lr", "0.1", "--nesterov", "--batch-size", str(b["batch"]),
+             "--weight-decay", "5e-4"]
+    ops = b.get("stores", ("ricap",))
+    # the first store keeps the name earlier versions of this script gave their only one
+    stores = {op: out / ("store.h5" if i == 0 else f"store-{op}.h5") for i, op in enumerate(ops)}
     teachers, todo = [], []
     for s in range(b["seeds"]):
         name = f"teacher-s{s}"
@@ -67,35 +121,114 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
             todo.append(["teach", "--model", b["teacher"], "--epochs", str(b["t_epochs"]), "--seed", str(s),
                  "--name", name, "--runs-dir", str(runs), *sched, *data, *resume_flag(runs / name)])
         teachers.append(runs / name)
-    run_all(todo, dry, jobs)
-    store = out / "store.h5"
-    if not store_complete(store):  # an interrupted export resumes when rerun with the same arguments
-        tflags = [x for t in teachers for x in ("--teacher", str(t))]
-        run(["export-soft-labels", *tflags, "--out", str(store), "--aug", "ricap", "--views", str(b["views"]),
-             "--view-seed", "0", "--format", "fp16", *data], dry)
-    first = teachers[0].name
-    todo = []
+    exports = [op for op, path in stores.items() if not store_complete(path)]
+    phases: list[list[list[str]]] = [[], []]  # runs that start from another run go second
     for label in methods:
-        flags = []
-        for f in CLEAN_METHODS[label]:
-            if f == "STORE":
-                flags += ["--store", str(store)]
-            elif f == "STORE1":  # single-teacher methods read the first teacher only
-                flags += ["--store", str(store), "--teachers", first]
-            else:
-                flags.append(f)
-        if label == "kd":
-            flags += ["--teacher", str(teachers[0])]
         for s in range(b["seeds"]):
             name = f"{label}-s{s}"
             if finished(runs / name):
                 continue
-            todo.append(["student", *flags, "--model", b["student"], "--epochs", str(b["s_epochs"]),
-                         "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched, *data,
-                         *resume_flag(runs / name)])
+            epochs = b.get("gls_finetune_epochs", b["s_epochs"]) if label in AFTER else b["s_epochs"]
+            flags = student_flags(label, stores, teachers[0].name, runs, s, teachers)
+            # the method's flags come last: a method's own schedule (gls-warm) overrides the shared one
+            phases[label in AFTER].append(["student", "--model", b["student"], "--epochs", str(epochs),
+                                           "--seed", str(s), "--name", name, "--runs-dir", str(runs), *sched,
+                                           *data, *flags, *resume_flag(runs / name)])
+    print_estimate(out.name, b, len(todo), len(exports), phases, jobs, device, len(teachers))
     run_all(todo, dry, jobs)
+    for op in exports:  # an interrupted export resumes when rerun with the same arguments
+        tflags = [x for t in teachers for x in ("--teacher", str(t))]
+        run(["export-soft-labels", *tflags, "--out", str(stores[op]), "--aug", op, "--views", str(b["views"]),
+             "--view-seed", "0", "--format", "fp16", *data], dry)
+    for phase in phases:
+        run_all(phase, dry, jobs)
     run(["report", str(runs), "--out", str(out / "report")], dry)
+    if not dry:
+        regime_check(runs, methods, b["seeds"])
     return out
+
+
+def print_estimate(part: str, b: dict, teachers: int, exports: int, phases: list[list[list[str]]], jobs: int,
+                   device: str, num_teachers: int) -> None:
+    """The expected wall time of what is left of this part, from a few timed steps of each
+    model on this machine (rough: the cores may be shared, and aug/online methods cost more)."""
+    if on_gpu(device):
+        print(f"[{part}] expected wall time: not estimated on a GPU", flush=True)
+        return
+    t_epoch, s_epoch = epoch_seconds(b["teacher"], b["batch"], jobs), epoch_seconds(b["student"], b["batch"], jobs)
+    fwd = forward_seconds(b["teacher"]) * TRAIN_IMAGES
+    students = [(c, int(c[c.index("--epochs") + 1])) for phase in phases for c in phase]
+    parts = [("teachers", teachers * b["t_epochs"] * t_epoch / max(1, min(jobs, teachers or 1))),
+             ("stores", exports * (b["views"] + 1) * num_teachers * fwd),
+             ("students", sum(e for _, e in students) * s_epoch / max(1, min(jobs, len(students) or 1)))]
+    text = ", ".join(f"{name} {sec / 60:.0f} min" for name, sec in parts)
+    total = sum(sec for _, sec in parts) / 60
+    print(f"[{part}] expected wall time: {text}; {total:.0f} min in all ({teachers} teacher runs, {exports} "
+          f"stores, {len(students)} student runs left; {t_epoch:.0f} s per teacher epoch, {s_epoch:.0f} s per "
+          f"student epoch, measured now)", flush=True)
+
+
+TRAIN_IMAGES = 5085  # cifar10-mini's train split (the validation split is part of it)
+_TIMED: dict[tuple[str, int, int], float] = {}
+
+
+def epoch_seconds(model: str, batch: int, jobs: int) -> float:
+    """Seconds of one epoch: timed SGD steps on 32x32 inputs (one thread per job when several
+    run at once, as `run_all` does), plus evaluating about a third of that many images."""
+    key = (model, batch, jobs)
+    if key not in _TIMED:
+        import torch
+
+        from labelenh.models import build_model
+
+        threads = torch.get_num_threads()
+        if jobs > 1:
+            torch.set_num_threads(1)
+        try:
+            net = build_model(model, 10)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+
+            def step() -> None:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+
+            step()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step()
+            per_step = (time.perf_counter() - t0) / 3
+        finally:
+            torch.set_num_threads(threads)
+        # a forward is about a third of a step; val + test are about a third of train's images
+        _TIMED[key] = TRAIN_IMAGES / batch * per_step * (1 + 1 / 9)
+    return _TIMED[key]
+
+
+def forward_seconds(model: str) -> float:
+    """Seconds of one image's inference forward (export)."""
+    return epoch_seconds(model, 128, 2) / TRAIN_IMAGES / 3
+
+
+def regime_check(runs: Path, methods: list[str], seeds: int) -> None:
+    """Whether the runs reached the regime the claims are about: train accuracy of the last
+    epoch per method (mean over seeds) and vanilla's fitted temperature."""
+    import json
+
+    for label in ["teacher", *methods]:
+        accs, temps = [], []
+        for s in range(seeds):
+            lines = (runs / f"{label}-s{s}" / "metrics.jsonl")
+            if not lines.exists():
+                continue
+            last = json.loads(lines.read_text().splitlines()[-1])
+            accs.append(last.get("train_acc", float("nan")))
+            temps.append((last.get("val") or {}).get("temperature", float("nan")))
+        if accs:
+            mean = sum(accs) / len(accs)
+            print(f"regime: {label}: last-epoch train accuracy {100 * mean:.2f} % "
+                  f"({'>=' if mean >= 0.99 else 'below'} 99 %), fitted T {sum(temps) / len(temps):.3f}", flush=True)
 
 
 def main() -> None:
@@ -120,14 +253,15 @@ def main() -> None:
     if unknown:
         ap.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(CLEAN_METHODS)}")
     b = BUDGETS[a.budget]
+    every = list(CLEAN_METHODS)
+    clean = chosen or (every if b.get("methods") == "all" else BASE_METHODS)
+    noisy = chosen or (every if b.get("noisy_methods") == "all" else NOISY_METHODS)
     t0 = time.perf_counter()
     out = Path(a.out)
     if a.only in ("clean", "both"):
-        experiment(out / "clean", b, None, chosen or list(CLEAN_METHODS), a.device, a.dry_run, a.jobs,
-                   a.val_split)
+        experiment(out / "clean", b, None, clean, a.device, a.dry_run, a.jobs, a.val_split)
     if a.only in ("noisy", "both"):
-        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", chosen or NOISY_METHODS, a.device, a.dry_run,
-                   a.jobs, a.val_split)
+        experiment(out / "noisy-sym0.4", b, "symmetric:0.4", noisy, a.device, a.dry_run, a.jobs, a.val_split)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min (budget {a.budget}); tables in {out}/*/report/report.md")
 
 

@@ -246,15 +246,20 @@ def test_fashionmnist_idx(tmp_path: Path, gz: bool) -> None:
 
 def test_image_folder(tmp_path: Path) -> None:
     arrays = write_folder(tmp_path / "pets")
-    b = load_dataset(f"folder:{tmp_path / 'pets'}", image_size=32)
+    b = load_dataset(f"folder:{tmp_path / 'pets'}", image_size=32, crop_pct=0.875)
     assert isinstance(b.train, FolderImages) and isinstance(b.train, ImageSource)
     assert b.classes == ["cat", "dog"] and b.num_classes == 2 and b.crop_pad == 4
     assert len(b.train) == 3 and len(b.test) == 2 and b.train.labels.tolist() == [0, 0, 1]
     imgs = b.train.load(torch.tensor([2, 0, 2]))  # any order, repeats allowed
     assert imgs.shape == (3, 3, 32, 32) and imgs.dtype == torch.uint8
-    expect = torch.from_numpy(arrays["train/dog/c.png"]).permute(2, 0, 1)
+    # the evaluation geometry: short side to floor(32 / 0.875) = 36, centre crop 32
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tv = T.Compose([T.Resize(36), T.CenterCrop(32), T.PILToTensor()])
+    expect = tv(Image.fromarray(arrays["train/dog/c.png"]))
     assert torch.equal(imgs[0], expect) and torch.equal(imgs[2], expect)
-    assert torch.equal(imgs[1], torch.from_numpy(arrays["train/cat/a.png"]).permute(2, 0, 1))
+    assert torch.equal(imgs[1], tv(Image.fromarray(arrays["train/cat/a.png"])))
     assert b.mean == pytest.approx((0.485, 0.456, 0.406))
     # default decode size for folders is 224
     assert load_dataset(f"folder:{tmp_path / 'pets'}").train.image_shape == (3, 224, 224)
@@ -262,11 +267,12 @@ def test_image_folder(tmp_path: Path) -> None:
 
 def test_folder_resize_matches_torchvision(tmp_path: Path) -> None:
     arrays = write_folder(tmp_path, sizes={"a.png": (48, 40), "b.png": (37, 61)})
-    b = load_dataset("imagenet", tmp_path, image_size=24)
+    b = load_dataset("imagenet", tmp_path, image_size=24, crop_pct=0.875)
     got = b.train.load(torch.tensor([0, 1]))  # [2, 3, 24, 24]
     for i, name in enumerate(["a.png", "b.png"]):
         im = Image.fromarray(arrays[f"train/cat/{name}"])
-        ref = TF.center_crop(TF.resize(im, 24, interpolation=TF.InterpolationMode.BILINEAR), 24)
+        # timm's eval geometry: short side to floor(24 / 0.875) = 27, centre crop 24
+        ref = TF.center_crop(TF.resize(im, 27, interpolation=TF.InterpolationMode.BILINEAR), 24)
         assert torch.equal(got[i], torch.from_numpy(np.array(ref)).permute(2, 0, 1))
     assert b.train.image_shape == (3, 24, 24) and b.crop_pad == 3
 

@@ -45,13 +45,13 @@ def flag(cmd: list[str], name: str) -> list[str]:
 
 def test_dry_run_lists_every_method_with_its_store_and_teachers(repro, tmp_path, capsys):
     b = repro.BUDGETS["tiny"]
-    repro.experiment(tmp_path, b, None, list(repro.CLEAN_METHODS), "cpu", dry=True)
+    repro.experiment(tmp_path, b, None, repro.BASE_METHODS, "cpu", dry=True)
     cmds = commands(capsys)
     teach = [c for c in cmds if c[1] == "teach"]
     export = [c for c in cmds if c[1] == "export-soft-labels"]
     students = [c for c in cmds if c[1] == "student"]
     assert len(teach) == b["seeds"] and len(export) == 1 and cmds[-1][1] == "report"
-    assert len(students) == len(repro.CLEAN_METHODS) * b["seeds"]
+    assert len(students) == len(repro.BASE_METHODS) * b["seeds"]
     # the store holds every teacher; single-teacher methods pick the first one
     assert flag(export[0], "--teacher") == [str(tmp_path / "runs" / f"teacher-s{s}") for s in range(b["seeds"])]
     by_name = {flag(c, "--name")[0]: c for c in students}
@@ -61,6 +61,49 @@ def test_dry_run_lists_every_method_with_its_store_and_teachers(repro, tmp_path,
     assert flag(by_name["kd-s0"], "--teacher") == [str(tmp_path / "runs" / "teacher-s0")]
     assert flag(by_name["gls--s1"], "--smooth-rate") == ["-0.2"] and flag(by_name["gls--s1"], "--seed") == ["1"]
     assert not any("--resume" in c or "--noise" in c for c in cmds)
+
+
+def parse_student(cmd: list[str]):
+    """The student command as the CLI resolves it (the last of a repeated option wins)."""
+    vals: dict[str, str] = {}
+    for i, a in enumerate(cmd):
+        if a.startswith("--") and i + 1 < len(cmd) and not cmd[i + 1].startswith("--"):
+            vals[a] = cmd[i + 1]
+    return vals
+
+
+def test_converged_budget_runs_every_method_on_both_view_stores(repro, tmp_path, capsys):
+    """Every method of the converged setting, on a shared validation split; the Aug- rows on
+    the store of their op, which holds a view for every student epoch; gls-warm starts from
+    the same seed's vanilla run after it, at a constant learning rate of 1e-6."""
+    b = repro.BUDGETS["converged"]
+    assert b["views"] >= b["s_epochs"]  # no view repeats
+    repro.experiment(tmp_path, b, None, list(repro.CLEAN_METHODS), "cpu", dry=True)
+    out = capsys.readouterr().out
+    assert "expected wall time: teachers" in out.splitlines()[0]
+    cmds = [shlex.split(x[2:]) for x in out.splitlines() if x.startswith("$ ")]
+    export = {flag(c, "--aug")[0]: c for c in cmds if c[1] == "export-soft-labels"}
+    assert sorted(export) == ["cutmix", "ricap"]
+    assert all(flag(c, "--views") == [str(b["views"])] for c in export.values())
+    students = [c for c in cmds if c[1] == "student"]
+    assert len(students) == len(repro.CLEAN_METHODS) * b["seeds"]
+    assert all(flag(c, "--val-split") == ["0.1"] for c in cmds if c[1] in ("teach", "student", "export-soft-labels"))
+    by_name = {flag(c, "--name")[0]: parse_student(c) for c in students}
+    assert by_name["aug-sl-cutmix-s2"]["--store"] == flag(export["cutmix"], "--out")[0]
+    assert by_name["aug-kd-sl-s0"]["--store"] == flag(export["ricap"], "--out")[0]
+    assert by_name["dkd-s0"]["--method"] == "dkd" and by_name["dist-s1"]["--method"] == "dist"
+    assert "--logit-stand" in next(c for c in students if flag(c, "--name") == ["kd-sl-stand-s0"])
+    warm = by_name["gls-warm-s1"]
+    assert warm["--init"] == str(tmp_path / "runs" / "vanilla-s1" / "best.pt")
+    assert (warm["--schedule"], warm["--lr"], warm["--smooth-rate"]) == ("constant", "1e-6", "-0.2")
+    order = [flag(c, "--name")[0] for c in students]
+    assert order.index("gls-warm-s0") > order.index("vanilla-s2")  # after every vanilla run
+    assert by_name["vanilla-s0"]["--schedule"] == "multistep" and by_name["vanilla-s0"]["--lr"] == "0.1"
+
+
+def test_a_method_needs_its_op_store(repro, tmp_path):
+    with pytest.raises(SystemExit, match="cutmix views but this budget exports ricap"):
+        repro.experiment(tmp_path, repro.BUDGETS["tiny"], None, ["aug-sl-cutmix"], "cpu", dry=True)
 
 
 def test_noisy_run_again_skips_finished_and_resumes_interrupted(repro, tmp_path, capsys):

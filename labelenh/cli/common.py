@@ -40,6 +40,8 @@ Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label nois
 NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
 NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help=f"Seed of the synthetic label noise, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help=f"Resize folder/ImageNet images to this size, in {B.IMAGE_SIZE.text()}.", rich_help_panel=H_DATA)]
+CropPct = Annotated[float | None, typer.Option("--crop-pct", help=f"Image folders: evaluation images are the centre crop of the short side resized to image size / crop-pct, in {B.CROP_PCT.text()}; default: 0.875 (256 -> 224, as timm) for a new run or store, what the resumed run or the store read was made with otherwise (1.0 where it records none).", rich_help_panel=H_DATA)]
+Workers = Annotated[int | None, typer.Option("--workers", help=f"Image folders: loader processes that decode and render the next batches while the model steps (export: threads decoding the next chunk); default: the CPU count, shared among torchrun's local ranks; 0: in the training process. Results do not depend on it. In {B.WORKERS.text()}.", rich_help_panel=H_DATA)]
 
 Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Training epochs, in {B.EPOCHS.text()}; the preset's or recipe's milestones and warm-up scale with it unless given.", show_default=f"{_D.epochs} (--schedule default)", rich_help_panel=H_OPT)]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help=f"Batch size (per process under torchrun), in {B.BATCH_SIZE.text()}.", show_default=_default(_D.batch_size), rich_help_panel=H_OPT)]
@@ -79,7 +81,8 @@ SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
-DATA_KEYS = {"dataset", "data_root", "val_split", "split_seed", "noise", "noisy_labels", "noise_seed", "image_size"}
+DATA_KEYS = {"dataset", "data_root", "val_split", "split_seed", "noise", "noisy_labels", "noise_seed", "image_size",
+             "crop_pct"}
 
 
 def read_recipe(path: Path | None, allowed: set[str], stage: str | None = None) -> dict[str, Any]:
@@ -245,3 +248,9 @@ def note_without_temperature(summary: dict[str, Any], run_dir: Path) -> None:
 def check_val_split(v: float | None) -> None:
     if v is not None and not 0 < v < 1:
         raise LabelenhError(f"--val-split must be in (0, 1), got {v}")
+
+
+def check_workers(workers: int | None) -> None:
+    """--workers in range, before any data is read."""
+    if workers is not None:
+        B.WORKERS.check(workers, "--workers")

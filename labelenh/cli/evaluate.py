@@ -24,7 +24,7 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder or a checkpoint file.")],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
     ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.")] = DEFAULT_BINS,
@@ -42,7 +42,8 @@ def evaluate(
     B.ECE_BINS.check(ece_bins, "--ece-bins")
     path = resolve_checkpoint_path(checkpoint)
     given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
-                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size)
+                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size,
+                 crop_pct=crop_pct)
     saved: dict = {}
     if dataset is None:
         # A labelenh checkpoint remembers the data it was trained on; flags still win.

@@ -21,20 +21,32 @@ def register(app: typer.Typer) -> None:
     app.command("export-soft-labels")(export_soft_labels_cmd)
 
 
+def _resumed_options(out: Path, overwrite: bool) -> dict | None:
+    """The data options of the store an export would resume (None: a new store)."""
+    if overwrite or not out.exists():
+        return None
+    from labelenh.store.derive import export_options
+
+    try:
+        return export_options(out)
+    except LabelenhError:
+        return None  # not a readable store: the export itself says so
+
+
 @with_view_options(H_VIEWS)
 def export_soft_labels_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat for an ensemble (each teacher is stored separately).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The store to write, e.g. store.h5.", rich_help_panel=H_STORE)],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     aug: Annotated[str | None, typer.Option("--aug", help=f"View augmentation. {aug_help()}.", rich_help_panel=H_VIEWS)] = None,
     views: Annotated[int, typer.Option("--views", help=f"Views per sample (needs --aug); 0 = clean logits only; in {B.VIEWS.text()}.", rich_help_panel=H_VIEWS)] = 0,
     view_seed: Annotated[int, typer.Option("--view-seed", help=f"Seed of the view recipes, in {B.SEED.text()}.", rich_help_panel=H_VIEWS)] = 0,
     fmt: Annotated[str, typer.Option("--format", help="fp16 | fp32 | topk:K (K fp16 log-probs + indices + the row's logsumexp).", rich_help_panel=H_STORE)] = "fp16",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per teacher forward = samples per store chunk (default 256; a resume reuses the store's). Recorded in the store: forward batches are cut at fixed places, so chunk order and resumes never change the bytes.", rich_help_panel=H_STORE)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
-    device: c.Device = "auto",
+    device: c.Device = "auto", workers: c.Workers = None,
     amp: Annotated[str, typer.Option("--amp", help="auto (fp16 on CUDA) | off | fp16 | bf16; ignored on CPU.", rich_help_panel=c.H_RUN)] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if --out holds a store (finished or not); the old store stays in place until the new one is complete.", rich_help_panel=H_STORE)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the store's final size and write nothing.", rich_help_panel=H_STORE)] = False,
@@ -45,7 +57,7 @@ def export_soft_labels_cmd(
     """Run teachers over the train split (clean + replayable views) into an HDF5 soft-label store.
 
     An interrupted export resumes when rerun with the same arguments."""
-    from labelenh.data import load_dataset
+    from labelenh.data import load_dataset, resolve_crop_pct
     from labelenh.distributed import init_from_env
     from labelenh.store.export import export_soft_labels, human_bytes, load_teachers
     from labelenh.utils import resolve_device
@@ -70,24 +82,27 @@ def export_soft_labels_cmd(
             raise LabelenhError(f"--aug {aug} --views {views}: {bad}")
     if batch_size is not None:
         B.BATCH_SIZE.check(batch_size, "--batch-size")
+    c.check_workers(workers)
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
     dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
+    crop_pct = resolve_crop_pct(dataset, crop_pct, lambda: _resumed_options(out, overwrite))
     bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
                           noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
-                          image_size=image_size)
+                          image_size=image_size, crop_pct=crop_pct)
     spec = None
     if views:
         spec = spec_from_flags(aug, view_flags or {}, defaults={"pad": bundle.crop_pad})
     teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
     meta = {"options": {"val_split": val_split or 0.0, "split_seed": split_seed or 0, "noise": noise,
-                        "noisy_labels": noisy_labels, "noise_seed": noise_seed or 0, "image_size": image_size},
+                        "noisy_labels": noisy_labels, "noise_seed": noise_seed or 0, "image_size": image_size,
+                        "crop_pct": crop_pct},
             **bundle.meta}
     res = export_soft_labels(
         out, teachers, bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
         mean=bundle.mean, std=bundle.std, num_views=views, spec=spec, view_seed=view_seed, fmt=fmt,
         chunk_size=batch_size, device=dev, amp=amp, overwrite=overwrite, dry_run=dry_run, verify=verify,
-        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta,
+        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta, workers=workers,
     )
     p = res.plan
     what = (f"N={p.num_samples} x (clean + {p.num_views} views) x {len(p.teachers)} teacher(s), "

@@ -36,19 +36,21 @@ def verify(
     path: Annotated[Path, typer.Argument(help="The store (.h5).")],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
 ) -> None:
     """Structure, completeness, every chunk's checksums, a NaN/Inf and range scan and, with
     --dataset, the fingerprint against that dataset; exit 2 if bad."""
-    from labelenh.data import load_dataset
+    from labelenh.data import load_dataset, resolve_crop_pct
+    from labelenh.store.derive import export_options
     from labelenh.store.inspect import verify_store
 
     bundle = None
     if dataset is not None:
         c.check_val_split(val_split)
+        crop_pct = resolve_crop_pct(dataset, crop_pct, lambda: export_options(path))
         bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
                               noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
-                              image_size=image_size)
+                              image_size=image_size, crop_pct=crop_pct)
     r = verify_store(path, bundle.train if bundle else None,
                      num_classes=bundle.num_classes if bundle else None, dataset=bundle.name if bundle else None)
     fits = (f"fits {bundle.name} (N={r['num_samples']}, C={r['num_classes']}, fingerprint {r['fingerprint'][:12]}…)"
@@ -83,7 +85,7 @@ def add_teacher_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat to add several.")],
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
     device: c.Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help="auto | off | fp16 | bf16: as the store was computed.", rich_help_panel=c.H_RUN)] = "auto",
@@ -91,14 +93,14 @@ def add_teacher_cmd(
     """Run new teachers over exactly the store's clean samples and stored view recipes, and add
     them. The data defaults to the store's own (--dataset and its options as exported); an
     interrupted add resumes when rerun, and the store keeps its old teachers until it is done."""
-    from labelenh.data import load_dataset
+    from labelenh.data import load_dataset, resolve_crop_pct
     from labelenh.distributed import init_from_env
     from labelenh.store.derive import add_teacher, read_plan
     from labelenh.store.export import load_teachers
     from labelenh.utils import resolve_device
 
     plan, _ = read_plan(path)
-    opts = dict((plan.dataset_meta or {}).get("options") or {})
+    opts = stored = dict((plan.dataset_meta or {}).get("options") or {})
     if dataset is not None:  # the user names the data: their options, not the export's
         c.check_val_split(val_split)
         opts = {"val_split": val_split, "split_seed": split_seed, "noise": noise, "noisy_labels": noisy_labels,
@@ -107,7 +109,9 @@ def add_teacher_cmd(
     bundle = load_dataset(dataset or plan.dataset, data_root, val_split=opts.get("val_split") or 0.0,
                           split_seed=opts.get("split_seed") or 0, noise=opts.get("noise"),
                           noisy_labels=opts.get("noisy_labels"), noise_seed=opts.get("noise_seed") or 0,
-                          image_size=opts.get("image_size"))
+                          image_size=opts.get("image_size"),
+                          # the store's images: its crop unless one is given
+                          crop_pct=resolve_crop_pct(dataset or plan.dataset, crop_pct, lambda: stored))
     teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
     res = add_teacher(path, teachers, bundle.train, device=dev, amp=amp, progress=sys.stderr.isatty())
     _report(res, path, f"added {', '.join(t.name for t in teachers)}")

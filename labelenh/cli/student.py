@@ -141,7 +141,7 @@ def student(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings or a student run's config.json (repeats that run); flags override it.", show_default="none")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
@@ -150,6 +150,7 @@ def student(
     compile: c.Compile = None, channels_last: c.ChannelsLast = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
+    workers: c.Workers = None,
     preload: Annotated[bool | None, typer.Option("--preload/--no-preload", help="Read the store into memory (default: when it takes at most 2 GiB), or map it lazily and read each batch's rows (each process: its own rows under torchrun).", rich_help_panel=c.H_RUN)] = None,
     method_values: dict[str, Any] | None = None,
 ) -> None:
@@ -165,7 +166,7 @@ def student(
     flags = dict(
         model=model, method=method, aug=aug, store=str(store) if store else None, dataset=dataset,
         data_root=data_root, val_split=val_split, split_seed=split_seed, noise=noise,
-        noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size, epochs=epochs,
+        noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size, crop_pct=crop_pct, epochs=epochs,
         batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs,
         patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
@@ -176,6 +177,7 @@ def student(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    c.check_workers(workers)
     if v.get("patience") and not v.get("val_split"):
         raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
     params = dict(rec.get("params") or {})
@@ -206,7 +208,8 @@ def student(
         online_teachers=[str(t) for t in v.get("teacher") or []], init=v.get("weights"),
         reset_head=bool(v.get("reset_head")),
         data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=train,
-        name=name, runs_dir=str(runs_dir), device=device, preload=preload, log=loggers, log_every=log_every,
+        name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers, log=loggers,
+        log_every=log_every,
         scaled=v[c.SCALED],
     )
     summary = train_student(s, resume=resume)

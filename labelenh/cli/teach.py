@@ -30,7 +30,7 @@ def teach(
     aug: Annotated[str | None, typer.Option("--aug", help=f"Training views: {aug_names()}.", show_default="crop-flip")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None,
+    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
     epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
@@ -39,6 +39,7 @@ def teach(
     compile: c.Compile = None, channels_last: c.ChannelsLast = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
+    workers: c.Workers = None,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
     from labelenh.loggers import parse_loggers
@@ -57,7 +58,7 @@ def teach(
     flags = dict(
         model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
         split_seed=split_seed, noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed,
-        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        image_size=image_size, crop_pct=crop_pct, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
         gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
         opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
@@ -66,6 +67,7 @@ def teach(
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
+    c.check_workers(workers)
     if name is not None:
         check_run_name(name)
     if v.get("patience") and not v.get("val_split"):
@@ -87,7 +89,7 @@ def teach(
             ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec())  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
                          weights=v.get("weights"), reset_head=bool(v.get("reset_head")), name=name,
-                         runs_dir=str(runs_dir), device=device, log=loggers, log_every=log_every,
+                         runs_dir=str(runs_dir), device=device, workers=workers, log=loggers, log_every=log_every,
                          scaled=v[c.SCALED])
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):

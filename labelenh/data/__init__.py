@@ -10,7 +10,13 @@ from labelenh.data.noise import (
     parse_noise,
     transition_matrix,
 )
-from labelenh.data.registry import DATASETS, list_datasets, load_dataset, register_dataset
+from labelenh.data.registry import (
+    DATASETS,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    resolve_crop_pct,
+)
 
 __all__ = [
     "CIFARN_ALIASES",
@@ -27,5 +33,6 @@ __all__ = [
     "normalize",
     "parse_noise",
     "register_dataset",
+    "resolve_crop_pct",
     "transition_matrix",
 ]

@@ -9,6 +9,7 @@ its labels and its samples, so a soft-label store can refuse the wrong dataset.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -177,14 +178,23 @@ def normalize(
     return (x / 255.0 - m) / s
 
 
-def resize_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left) for "short side to `size`, then centre-crop size x size".
+CROP_PCT = 0.875  # evaluation crops this fraction of the resized short side (224 of 256), as timm
+# The geometry of image-folder stores and runs that do not record a crop fraction: the short
+# side resized to the image size, then centre-cropped.
+LEGACY_CROP_PCT = 1.0
 
-    Rounds as torchvision's Resize(size) + CenterCrop(size) do, so results match theirs.
+
+def resize_geometry(h: int, w: int, size: int, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left) for "short side to floor(size / crop_pct), then centre-crop
+    size x size" (crop_pct 1: the short side to `size`).
+
+    Rounds as timm's eval transform and torchvision's Resize(floor(size / crop_pct)) +
+    CenterCrop(size) do, so results match theirs.
     """
+    short_to = int(math.floor(size / crop_pct)) if crop_pct != 1.0 else size
     short, long = min(h, w), max(h, w)
-    new_long = int(size * long / short)
-    nh, nw = (size, new_long) if h <= w else (new_long, size)
+    new_long = int(short_to * long / short)
+    nh, nw = (short_to, new_long) if h <= w else (new_long, short_to)
     return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
 
 

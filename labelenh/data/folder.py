@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelenh.data.base import FINGERPRINT_VERSION, as_index, check_labels, resize_geometry
+from labelenh.data.base import (
+    FINGERPRINT_VERSION,
+    LEGACY_CROP_PCT,
+    as_index,
+    check_labels,
+    resize_geometry,
+)
 from labelenh.errors import LabelenhError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -43,22 +49,60 @@ def scan_split(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int
     return paths, labels, sizes
 
 
-def decode(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 [3, size, size]: resize the short side to `size`, then centre-crop."""
+def open_rgb(path: Path):
+    """The file decoded at full resolution as an RGB PIL image (greyscale, CMYK, palette and
+    alpha images converted); one line naming the file when it cannot be decoded."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            nh, nw, top, left = resize_geometry(h, w, size)
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.BILINEAR)  # PIL antialiases when shrinking
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)  # [H, W, 3]
-    except (OSError, ValueError) as e:
-        raise LabelenhError(f"cannot decode image {path}: {e}") from e
+            return im.convert("RGB")  # convert() loads the pixels: the file can close
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise LabelenhError(f"cannot decode image {path}: {e}; fix or remove the file") from e
+
+
+def fit(im, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """RGB uint8 [3, size, size] of an RGB PIL image: resize the short side to
+    floor(size / crop_pct), then centre-crop (PIL antialiases when shrinking)."""
+    from PIL import Image
+
+    w, h = im.size
+    nh, nw, top, left = resize_geometry(h, w, size, crop_pct)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # [H, W, 3]
     return arr.transpose(2, 0, 1)
+
+
+def resized_crops(im, boxes: np.ndarray, size: tuple[int, int], what: str,
+                  flips: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [K, 3, H, W]: each box (top, left, h, w) of the RGB PIL image `im` cut out and
+    resized to `size` = (H, W) with PIL's antialiased bilinear filter, then mirrored where
+    `flips` [K] (bool) is set: torchvision's RandomResizedCrop + flip on PIL images (crop, then
+    resize), in PIL's C code, a few ms per view where a tensor resize of the full-resolution
+    file took tens."""
+    from PIL import Image
+
+    H, W = size
+    flips = np.zeros(len(boxes), dtype=bool) if flips is None else np.asarray(flips, dtype=bool)
+    out = np.empty((len(boxes), 3, H, W), dtype=np.uint8)
+    for k, (top, left, h, w) in enumerate(np.asarray(boxes, dtype=np.int64).tolist()):
+        if top < 0 or left < 0 or top + h > im.height or left + w > im.width:
+            raise LabelenhError(f"rrc crop box {(top, left, h, w)} reaches beyond {what} ({im.height}x{im.width}): "
+                                "the dataset changed since the recipes were drawn")
+        crop = im.crop((left, top, left + w, top + h))
+        if (h, w) != (H, W):
+            crop = crop.resize((W, H), Image.BILINEAR)
+        if flips[k]:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out[k] = np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)
+    return out
+
+
+def decode(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """RGB uint8 [3, size, size]: the file resized (short side to floor(size / crop_pct)) and
+    centre-cropped."""
+    return fit(open_rgb(path), size, crop_pct)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -74,7 +118,9 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 class FolderImages:
-    """One split of an image folder, decoded lazily with PIL to uint8 [3, S, S].
+    """One split of an image folder, decoded lazily with PIL to uint8 [3, S, S]: the standard
+    evaluation geometry, the short side resized to floor(S / crop_pct) then a centre crop
+    (crop_pct 0.875: 256 -> 224). Training views crop the original files (`rrc`).
 
     The fingerprint is sha256 over the image size, labels, relative paths and file sizes:
     hashing every byte of ImageNet (~150 GB) would take far too long, and a changed file
@@ -90,7 +136,11 @@ class FolderImages:
         image_size: int,
         *,
         clean_labels: torch.Tensor | None = None,
+        crop_pct: float = LEGACY_CROP_PCT,
     ) -> None:
+        if not 0.0 < crop_pct <= 1.0:
+            raise LabelenhError(f"crop_pct must lie in (0, 1], got {crop_pct!r}")
+        self.crop_pct = float(crop_pct)
         self.root = Path(root)
         self.paths = list(paths)
         self.sizes = list(sizes)
@@ -113,7 +163,7 @@ class FolderImages:
         idx = as_index(indices, len(self)).tolist()
         out = np.empty((len(idx), *self.image_shape), dtype=np.uint8)  # [B, 3, S, S]
         for j, i in enumerate(idx):
-            out[j] = decode(self.root / self.paths[i], self.image_size)
+            out[j] = decode(self.root / self.paths[i], self.image_size, self.crop_pct)
         return torch.from_numpy(out)
 
     def original_sizes(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -129,21 +179,26 @@ class FolderImages:
 
     def load_original(self, index: int) -> torch.Tensor:
         """uint8 [3, H, W]: one file decoded at its own size (RGB)."""
-        from PIL import Image
-
-        path = self.root / self.paths[int(index)]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
-        except (OSError, ValueError) as e:
-            raise LabelenhError(f"cannot decode image {path}: {e}") from e
+        im = open_rgb(self.root / self.paths[int(index)])
+        arr = np.asarray(im, dtype=np.uint8)  # [H, W, 3]
         self._sizes[int(index)] = (arr.shape[0], arr.shape[1])
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def resized_crops(self, index: int, boxes: np.ndarray, size: tuple[int, int],
+                      flips: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 [K, 3, H, W]: boxes [K, 4] (top, left, h, w) of file `index` at its own size,
+        each resized to `size` and mirrored where `flips` [K] (one decode for all of them)."""
+        path = self.root / self.paths[int(index)]
+        return torch.from_numpy(resized_crops(open_rgb(path), boxes, size, f"image {path}", flips))
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256(FINGERPRINT_VERSION)
-            h.update(repr(("folder", len(self), self.image_shape)).encode())
+            # the crop fraction decides the clean images: stores made with another differ. The
+            # geometry of stores and runs made before it was an option hashes as it always did.
+            shape = (("folder", len(self), self.image_shape) if self.crop_pct == LEGACY_CROP_PCT
+                     else ("folder", len(self), self.image_shape, self.crop_pct))
+            h.update(repr(shape).encode())
             h.update(self.labels.numpy().astype("<i8").tobytes())
             for p, s in zip(self.paths, self.sizes, strict=True):
                 h.update(f"{p}\0{s}\n".encode())
@@ -160,11 +215,18 @@ class FolderImages:
             [self.sizes[i] for i in il],
             self.image_size,
             clean_labels=None if self.clean_labels is None else self.clean_labels[idx],
+            crop_pct=self.crop_pct,
         )
+
+    def with_crop_pct(self, crop_pct: float) -> FolderImages:
+        """The same files and labels with another evaluation crop fraction."""
+        return FolderImages(self.root, self.paths, self.labels, self.sizes, self.image_size,
+                            clean_labels=self.clean_labels, crop_pct=crop_pct)
 
     def with_labels(self, labels: torch.Tensor, clean_labels: torch.Tensor | None) -> FolderImages:
         return FolderImages(
-            self.root, self.paths, labels, self.sizes, self.image_size, clean_labels=clean_labels
+            self.root, self.paths, labels, self.sizes, self.image_size, clean_labels=clean_labels,
+            crop_pct=self.crop_pct,
         )
 
 

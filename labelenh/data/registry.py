@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from labelenh import bounds as B
 from labelenh.data import formats
-from labelenh.data.base import DatasetBundle, TensorImages, channel_stats, resize_geometry
+from labelenh.data.base import CROP_PCT, DatasetBundle, TensorImages, channel_stats, resize_geometry
 from labelenh.data.folder import FolderImages, read_folder
 from labelenh.data.noise import apply_noise, load_noisy_labels
 from labelenh.data.synthetic import make_synthetic
@@ -235,6 +236,26 @@ def _image_folder(arg: str, root: Path | None, image_size: int | None) -> Loaded
     return _folder("folder", path, image_size, desc, IMAGENET_STATS)
 
 
+CROP_KINDS = ("imagenet", "folder")  # the datasets whose evaluation images are crops of files
+
+
+def resolve_crop_pct(spec: str, given: float | None,
+                     record: Callable[[], dict[str, Any] | None]) -> float | None:
+    """The crop fraction a run or an export uses: the one `given`, else the one `record()`
+    holds (the data options of the run being resumed or of the store it reads; None for a new
+    run), where a record that does not name one was made with 1.0 and keeps it; a new run of an
+    image folder gets the standard CROP_PCT, any other dataset None (it has no such geometry).
+    `record` is called only for image folders."""
+    if given is not None:
+        return float(given)
+    if spec.partition(":")[0].strip().lower() not in CROP_KINDS:
+        return None
+    rec = record()
+    if rec is not None:
+        return rec.get("crop_pct")  # None: made before crop_pct was recorded, i.e. 1.0
+    return CROP_PCT
+
+
 def _split_indices(n: int, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(train rows, val rows), both sorted, from a permutation seeded by `seed`."""
     if val_split == 0:
@@ -259,6 +280,7 @@ def load_dataset(
     noisy_labels: str | None = None,
     noise_seed: int = 0,
     image_size: int | None = None,
+    crop_pct: float | None = None,
 ) -> DatasetBundle:
     """Load a dataset by spec (see `list_datasets()`), never downloading anything.
 
@@ -267,7 +289,10 @@ def load_dataset(
     'FILE[:KEY]'); then hold out `val_split` of the train rows (seeded by `split_seed`) as the
     validation split, whose labels are therefore noisy too. Train and val keep the original row
     order. `image_size` resizes in-memory datasets (short side, centre crop) and sets the
-    decode size of image folders (default 224) and of synthetic data (default 32).
+    decode size of image folders (default 224) and of synthetic data (default 32). `crop_pct`
+    is an image folder's evaluation geometry: the short side resized to image_size / crop_pct,
+    then a centre crop; None is 1.0, the geometry of stores and runs that do not record one
+    (`resolve_crop_pct` gives new runs the standard 0.875).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise LabelenhError(f"empty dataset spec: choose one of {', '.join(list_datasets())}")
@@ -280,6 +305,8 @@ def load_dataset(
         raise LabelenhError(f"val split must be a fraction in [0, 1), got {val_split}")
     if image_size is not None:
         B.IMAGE_SIZE.check(image_size, "--image-size")
+    if crop_pct is not None:
+        B.CROP_PCT.check(crop_pct, "--crop-pct")
     B.SEED.check(split_seed, "--split-seed")
     B.SEED.check(noise_seed, "--noise-seed")
     noise = None if noise is None or noise.strip().lower() in ("", "none") else noise.strip()
@@ -292,6 +319,12 @@ def load_dataset(
         raise LabelenhError(f"unknown dataset '{spec}': choose one of {', '.join(list_datasets())}")
     root = None if data_root is None else Path(data_root).expanduser()
     loaded = DATASETS[kind][0](arg, root, image_size)
+    if crop_pct is not None:
+        if kind not in CROP_KINDS:
+            raise LabelenhError(f"--crop-pct is the evaluation crop of image folders ({', '.join(CROP_KINDS)}), "
+                                f"not of {kind}")
+        loaded = replace(loaded, train=loaded.train.with_crop_pct(crop_pct),
+                         test=loaded.test.with_crop_pct(crop_pct))
 
     classes, train = loaded.classes, loaded.train
     k = len(classes)
@@ -336,6 +369,8 @@ def load_dataset(
         "split_seed": int(split_seed),
         "noise": noise_meta,
     }
+    if kind in CROP_KINDS:
+        meta["crop_pct"] = loaded.train.crop_pct
     mean, std = loaded.stats
     return DatasetBundle(
         name=spec,

@@ -173,12 +173,21 @@ class StoreBatches:
         return sample_views(len(self), epoch + 1, self.spec, self.view_seed, self.image_size,
                             samples=samples, views=torch.tensor([epoch]), source=self.source)
 
-    def batch(self, samples: torch.Tensor, epoch: int) -> tuple[torch.Tensor, MethodInputs]:
-        """(images float32 [B, C, H, W] in 0..255, MethodInputs) for sample indices [B]."""
+    def images(self, samples: torch.Tensor, epoch: int, uint8_ok: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images float32 [B, C, H, W] in 0..255, label weights [B, K]) for sample indices [B]:
+        the part of `batch` that decodes and renders (what loader workers run); uint8_ok: the
+        images may be uint8 (same values) where no op blends them."""
+        samples = torch.as_tensor(samples).reshape(-1).cpu()
+        rec = self._recipes(samples, self.views(samples, epoch), epoch)
+        return gather_and_apply(self.source, rec, self.num_classes, uint8_ok=uint8_ok)
+
+    def batch(self, samples: torch.Tensor, epoch: int,
+              images: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, MethodInputs]:
+        """(images float32 [B, C, H, W] in 0..255, MethodInputs) for sample indices [B];
+        `images`: what `images(samples, epoch)` returned, when it ran elsewhere (a worker)."""
         samples = torch.as_tensor(samples).reshape(-1).cpu()
         views = self.views(samples, epoch)
-        rec = self._recipes(samples, views, epoch)
-        x, hard = gather_and_apply(self.source, rec, self.num_classes)  # [B, C, H, W], [B, K]
+        x, hard = images if images is not None else self.images(samples, epoch)  # [B, C, H, W], [B, K]
         dev = self.device or x.device
         x, hard = x.to(dev), hard.to(dev)
         labels = self.source.labels[samples.to(self.source.labels.device)].to(dev)  # [B]

@@ -71,6 +71,16 @@ class Reused:
     name: str
 
 
+def export_options(path: str | Path) -> dict[str, Any]:
+    """The data options a store was exported with (`dataset_meta.options`; {} for a store
+    that records none), complete or not, so a resume and a student repeat its images."""
+    path = Path(path)
+    with read_errors(path), open_h5(path) as f:
+        meta = read_root_attrs(f, path).get("dataset_meta") or {}
+    opts = meta.get("options") if isinstance(meta, dict) else None
+    return dict(opts) if isinstance(opts, dict) else {}
+
+
 def read_plan(path: str | Path) -> tuple[StorePlan, dict[str, Any]]:
     """The plan a complete store was written with (its teachers' records included), and a
     provenance record of it. Refuses incomplete or damaged stores in one line."""

@@ -135,8 +135,11 @@ class TeacherRunner:
 
     def __init__(self, teachers: list[Teacher], source: Any, *, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device, amp: str,
-                 stored: Any = None) -> None:
+                 stored: Any = None, workers: int | None = None) -> None:
         from labelenh.data import TensorImages
+        from labelenh.data.loader import resolve_workers
+
+        self.workers = resolve_workers(workers)
 
         self.teachers = teachers
         # a store derived from stores (labelenh.store.derive): chunks come from there
@@ -152,6 +155,21 @@ class TeacherRunner:
         self.std = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
         for t in teachers:
             t.model.to(device).eval()
+        self._decoders: ThreadPoolExecutor | None = None  # image folders: the chunks' decode threads
+
+    def chunk_source(self, plan: Any, c: int) -> Any:
+        """What chunk c's images come from. For an image folder, its files start decoding now in
+        background threads, once each (`ChunkImages`): called for chunk c + 1 before chunk c's
+        forwards, decoding overlaps the teachers."""
+        from labelenh.data.decoded import ChunkImages
+        from labelenh.data.folder import FolderImages
+
+        if not isinstance(self.source, FolderImages):
+            return self.source
+        if self._decoders is None:  # PIL releases the GIL while it decodes: threads suffice
+            self._decoders = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="decode")
+        s0, s1 = plan.chunk_bounds(c)
+        return ChunkImages(self.source, range(s0, s1), self._decoders)
 
     def _normalize(self, x: torch.Tensor, owned: bool) -> torch.Tensor:
         """(x / 255 - mean) / std as float32 on the device, in place when that touches no one
@@ -163,13 +181,15 @@ class TeacherRunner:
             y = y.clone()
         return y.div_(255.0).sub_(self.mean).div_(self.std)
 
-    def clean_images(self, idx: torch.Tensor) -> torch.Tensor:
-        return self._normalize(self.source.load(idx), owned=False)  # [B, C, H, W]
+    def clean_images(self, idx: torch.Tensor, source: Any = None) -> torch.Tensor:
+        src = self.source if source is None else source
+        return self._normalize(src.load(idx), owned=False)  # [B, C, H, W]
 
-    def view_images(self, recipes) -> torch.Tensor:
+    def view_images(self, recipes, source: Any = None) -> torch.Tensor:
         from labelenh.views import gather_and_apply
 
-        x, _ = gather_and_apply(self.source, recipes, self.num_classes)  # fresh images
+        src = self.source if source is None else source
+        x, _ = gather_and_apply(src, recipes, self.num_classes, uint8_ok=True)  # fresh images
         return self._normalize(x, owned=True)
 
     def forward(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
@@ -241,6 +261,7 @@ def export_soft_labels(
     progress: bool = False,
     dataset_meta: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> ExportResult:
     """Write (or resume, or just size with dry_run) the store `out`. See the module doc.
 
@@ -248,7 +269,8 @@ def export_soft_labels(
     spec/num_views/view_seed: the views (num_views = 0: clean logits only).
     fmt: "fp16" | "fp32" | "topk:K".  chunk_size: samples per chunk = images per teacher
     forward; None = the existing store's (when resuming), else 256.  verify: re-run the teachers
-    on this many random stored rows afterwards and compare (LabelenhError when they differ)."""
+    on this many random stored rows afterwards and compare (LabelenhError when they differ).
+    workers: threads decoding an image folder's next chunk (None: the CPU count; 0 counts as 1)."""
     out = Path(out)
     if out.is_dir():
         raise LabelenhError(f"--out {out} is a folder: pass a file path such as {out / 'store.h5'}")
@@ -269,7 +291,7 @@ def export_soft_labels(
     if dry_run:
         return ExportResult(out, estimate_size(plan), plan.num_chunks, dry_run=True, plan=plan)
     runner = TeacherRunner(teachers, source, num_classes=num_classes, mean=mean, std=std,
-                           device=device, amp=amp)
+                           device=device, amp=amp, workers=workers)
     return write_plan(out, plan, runner, spec, overwrite=overwrite, verify=verify, progress=progress,
                       on_chunk=on_chunk, seed=view_seed)
 
@@ -512,34 +534,40 @@ def _write_chunks(writer: StoreWriter, plan: StorePlan, runner: TeacherRunner, s
 
     # One background writer: chunk c is written while chunk c + 1 is computed.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
-        for c, slot in zip(chunks, slots, strict=True):
-            payload = compute_chunk(plan, runner, spec, c)
+        ahead = runner.chunk_source(plan, chunks[0]) if chunks and runner.stored is None else None
+        for k, (c, slot) in enumerate(zip(chunks, slots, strict=True)):
+            # the next chunk's files decode while this chunk's teachers run
+            source, ahead = ahead, (runner.chunk_source(plan, chunks[k + 1])
+                                    if k + 1 < len(chunks) and runner.stored is None else None)
+            payload = compute_chunk(plan, runner, spec, c, source=source)
             settle()
             pending = (c, pool.submit(writer.write_chunk, slot, *payload))
         settle()
 
 
 @torch.inference_mode()
-def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int
+def compute_chunk(plan: StorePlan, runner: TeacherRunner, spec: Any, c: int, source: Any = None
                   ) -> tuple[np.ndarray, np.ndarray | None, dict[str, TeacherChunk]]:
-    """(labels [B], recipe records [B, V] or None, per-teacher outputs) of chunk c."""
+    """(labels [B], recipe records [B, V] or None, per-teacher outputs) of chunk c; `source`:
+    `runner.chunk_source(plan, c)` when it was started ahead."""
     if runner.stored is not None:
         return runner.stored.compute_chunk(plan, runner, c)
+    src = runner.chunk_source(plan, c) if source is None else source
     s0, s1 = plan.chunk_bounds(c)
     b, v, cs = s1 - s0, plan.num_views, plan.chunk_size
     idx = torch.arange(s0, s1)
     labels = runner.source.labels[idx.to(runner.source.labels.device)].cpu().numpy().astype("<i8")
-    clean = runner.forward(runner.clean_images(idx), f"samples {s0}..{s1 - 1}")  # T x [B, C]
+    clean = runner.forward(runner.clean_images(idx, src), f"samples {s0}..{s1 - 1}")  # T x [B, C]
     views: list[list[torch.Tensor]] = [[] for _ in runner.teachers]
     records = None
     if v:
         from labelenh.views import sample_views
 
         rec = sample_views(plan.num_samples, v, spec, plan.view_seed, plan.image_size, samples=idx,
-                           source=runner.source)
+                           source=src)
         records = rec.to_struct(spec).reshape(b, v)
         for i in range(0, b * v, cs):  # fixed blocks of cs (sample, view) pairs
-            zs = runner.forward(runner.view_images(rec[i:i + cs]), f"views of samples {s0}..{s1 - 1}")
+            zs = runner.forward(runner.view_images(rec[i:i + cs], src), f"views of samples {s0}..{s1 - 1}")
             for t, z in enumerate(zs):
                 views[t].append(z)
     outputs = {}

@@ -15,6 +15,7 @@ import torch
 
 from labelenh.errors import LabelenhError
 from labelenh.views.ops import get_op
+from labelenh.views.ops.base import Op
 from labelenh.views.recipes import Recipes
 
 
@@ -86,18 +87,20 @@ def apply_views(
 
 
 def gather_and_apply(
-    source: _Source, recipes: Recipes, num_classes: int
+    source: _Source, recipes: Recipes, num_classes: int, *, uint8_ok: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load the recipes' source images from `source` (`.load(idx) -> uint8 [n, C, H, W]`,
     `.labels` int64 [N]) and apply them; returns what `apply_views` returns.
 
     A base op that can make its views from the source itself does so (rrc on an image folder
-    crops the original files); stores holding several ops are rendered op by op."""
+    crops the original files); stores holding several ops are rendered op by op.
+    uint8_ok: the images may come back as uint8 (the same values) when the op only selects its
+    base's views: a quarter of the bytes for loader workers to send, and no float pass."""
     if not isinstance(recipes, Recipes):
         raise LabelenhError(f"recipes must be Recipes, got {type(recipes).__name__}")
     parts = get_op(recipes.spec.op).split(recipes.spec, recipes)
     if len(parts) == 1 and parts[0][0] is None:
-        return _gather_one(source, recipes, num_classes)
+        return _gather_one(source, recipes, num_classes, uint8_ok)
     x = w = None
     for mask, r in parts:
         xg, wg = _gather_one(source, r, num_classes)
@@ -109,7 +112,8 @@ def gather_and_apply(
     return x, w
 
 
-def _gather_one(source: _Source, recipes: Recipes, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_one(source: _Source, recipes: Recipes, num_classes: int,
+                uint8_ok: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     idx = recipes.sources()  # [B, S]
     B, S = idx.shape
     labels = source.labels[idx.reshape(-1).to(source.labels.device)].view(B, S)
@@ -122,4 +126,7 @@ def _gather_one(source: _Source, recipes: Recipes, num_classes: int) -> tuple[to
     _check(views, recipes, labels, num_classes)
     r = recipes.to(views.device)
     labels = labels.to(device=views.device, dtype=torch.int64)
-    return get_op(spec.op).render(spec, views, r), _label_weights(r, labels, num_classes)
+    op = get_op(spec.op)
+    if uint8_ok and type(op).render is Op.render:  # the default render selects source 0: exact
+        return views[:, 0], _label_weights(r, labels, num_classes)
+    return op.render(spec, views, r), _label_weights(r, labels, num_classes)

@@ -184,14 +184,25 @@ class RandomResizedCrop(Op):
 
     def render_from_source(self, spec, source, r):
         """Image folders: every crop is cut from the decoded file at its own size (each file
-        decoded once per call), then resized to the image size, as torchvision does."""
+        decoded once per call), then resized to the image size, as torchvision does: with PIL
+        (its RandomResizedCrop on PIL images, exactly) when the source offers `resized_crops`."""
+        crops = getattr(source, "resized_crops", None)
         load = getattr(source, "load_original", None)
-        if load is None:
+        if crops is None and load is None:
             return None
         B, S = r.crop_box.shape[:2]
         C, H, W = source.image_shape
         ids = r.sources().reshape(-1).tolist()
         boxes = r.crop_box.reshape(B * S, 4)
+        if crops is not None:
+            out = torch.empty((B * S, C, H, W), dtype=torch.uint8)
+            rows: dict[int, list[int]] = {}
+            for j, i in enumerate(ids):
+                rows.setdefault(i, []).append(j)
+            bx, fl = boxes.cpu().numpy(), r.flip.reshape(B * S).cpu().numpy()
+            for i, js in rows.items():  # every file once, all its boxes from that decode
+                out[js] = crops(i, bx[js], (H, W), fl[js])
+            return out.view(B, S, C, H, W)
         files: dict[int, torch.Tensor] = {}
         out = torch.empty((B * S, C, H, W), dtype=torch.uint8)
         for j, i in enumerate(ids):
