@@ -66,6 +66,8 @@ WEIGHT_DECAY = Bound(0, 1e4, why="any larger decay overflows float32 training")
 EPOCHS = Bound(1, 10**6, integer=True, why="a run that long never ends")
 BATCH_SIZE = Bound(1, 2**16, integer=True, why="per process; larger batches do not fit in memory")
 PATIENCE = Bound(0, 10**6, integer=True)
+# An EMA decay of 0 copies the weights every step and 1 never moves: both are no average.
+EMA_DECAY = Bound(0, 1, lo_open=True, hi_open=True, why="the weight of the old average per step")
 ECE_BINS = Bound(2, 10**4, integer=True, why="more bins cost memory and leave most bins empty")
 LOG_EVERY = Bound(1, 10**9, integer=True, why="optimiser steps between logged losses")
 # Seeds feed 63-bit derived seeds, torch generators and int64 HDF5 attributes.

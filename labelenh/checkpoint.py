@@ -4,6 +4,7 @@
 Layout (`format = "labelenh.checkpoint"`, `version = 1`):
     model_name, num_classes, in_chans   what `build_model` needs to rebuild the network
     model                               the state_dict
+    model_ema                           the EMA of the weights (runs with --model-ema)
     optimizer                           optimizer state (absent in exported teachers)
     task                                stage state, e.g. the OLS soft-label matrix
     epoch                               number of completed epochs
@@ -153,6 +154,7 @@ FIELDS: Schema = {
     "num_classes": (True, f"an integer in {B.NUM_CLASSES.text()}", B.NUM_CLASSES.contains),
     "in_chans": (False, f"an integer in {_IN_CHANS.text()}", _IN_CHANS.contains),
     "model": (True, "a state_dict (names -> tensors)", _is_state_dict),
+    "model_ema": (False, "a state_dict (names -> tensors)", _is_state_dict),
     "optimizer": (False, "a table (the optimizer state)", _is_dict),
     "scaler": (False, "a table (the gradient scaler state)", _is_dict),
     "task": (False, "a table (the stage state)", _is_dict),
@@ -275,9 +277,11 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str, so
         raise LabelenhError(f"weights {source} do not fit {what}: {detail}; pass the matching --model")
     for k, v in sd.items():
         if own[k].shape != v.shape:
+            from labelenh.models.weights import head_hint
+
             raise LabelenhError(
                 f"weights {source} do not fit {what}: {k} is {list(v.shape)}, expected "
-                f"{list(own[k].shape)}; check --model and the dataset's class count"
+                f"{list(own[k].shape)}; check --model and the dataset's class count{head_hint(model, k)}"
             )
     try:
         model.load_state_dict(sd)

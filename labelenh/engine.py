@@ -65,10 +65,19 @@ class TrainConfig:
     patience: int = 0  # early stopping on validation NLL; 0 = off
     seed: int = 0
     amp: str = "auto"  # CUDA only: bf16 where supported, else fp16
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on CPU (BENCHMARKS.md)
     ece_bins: int = DEFAULT_BINS
     eval_batch_size: int = 500
     eval_every: int = 1
+    # timm optimiser name (timm.optim.list_optimizers()); "sgd" is torch's SGD with --momentum and
+    # --nesterov and decays every parameter, as the original CIFAR recipes did
+    opt: str = "sgd"
+    model_ema: bool = False  # keep, evaluate and checkpoint an EMA of the weights (timm's ModelEmaV3)
+    model_ema_decay: float = 0.9998  # timm's train.py default
+    compile: bool = False  # torch.compile the training model (costs a compile at start)
+    # channels_last on CPU as well: None = where it was measured faster (`cpu_channels_last`); runs
+    # recorded before it applied on CPU (no such key) keep it off there
+    channels_last_cpu: bool | None = None
 
     def validate(self) -> TrainConfig:
         """Every setting in its documented range (labelenh.bounds) before anything is allocated."""
@@ -99,7 +108,63 @@ class TrainConfig:
             )
         if self.amp not in AMP_MODES:
             raise LabelenhError(f"--amp {self.amp!r} is not one of {', '.join(AMP_MODES)}")
+        check_optimizer(self.opt)
+        if self.nesterov and self.opt != "sgd":
+            raise LabelenhError(f"--nesterov applies to --opt sgd; {self.opt!r} has its own update rule")
+        B.EMA_DECAY.check(self.model_ema_decay, "--model-ema-decay")
         return self
+
+
+# What each setting was before it existed: a run recorded without the key trained this way, so a
+# resume of it takes this value, and an absent key equal to it is no change of settings.
+LEGACY_TRAIN = {"opt": "sgd", "model_ema": False, "model_ema_decay": 0.9998, "compile": False,
+                "channels_last_cpu": False}
+
+
+def cpu_channels_last(model_name: str) -> bool:
+    """Whether channels-last speeds up this model's training steps on CPU. Measured side by side
+    (scripts/bench_train.py, BENCHMARKS.md): the CIFAR ResNets gain 1.2-1.5x, timm:resnet18 at
+    32x32 loses (0.93x); so on CPU it is on for labelenh's own models, off for timm:/torchvision:."""
+    return ":" not in model_name
+
+
+def with_memory_format(cfg: TrainConfig, model_name: str) -> TrainConfig:
+    """`cfg` with channels_last_cpu decided for `model_name` when it was left to the default."""
+    from dataclasses import replace
+
+    if cfg.channels_last_cpu is not None:
+        return cfg
+    return replace(cfg, channels_last_cpu=cpu_channels_last(model_name))
+
+
+def check_optimizer(name: str) -> str:
+    """`name` if timm can build it; one line listing a few close names otherwise."""
+    import difflib
+
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    if not isinstance(name, str) or name.lower() not in known:
+        close = difflib.get_close_matches(str(name).lower(), known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise LabelenhError(f"--opt {name!r} is not an optimiser timm knows{hint}; e.g. sgd, adamw, lamb, "
+                            "lion (all: timm.optim.list_optimizers())")
+    return name.lower()
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser through timm's factory. `sgd` keeps the original recipes' rule (weight decay on
+    every parameter, BatchNorm included, for comparability with the papers); every other optimiser
+    follows timm and exempts biases and normalisation weights from decay."""
+    from timm.optim import create_optimizer_v2
+
+    if cfg.opt == "sgd":
+        params = [p for p in model.parameters() if p.requires_grad]
+        # timm's "sgd" is nesterov SGD and "momentum" plain momentum SGD: both torch.optim.SGD
+        return create_optimizer_v2(params, opt="sgd" if cfg.nesterov else "momentum", lr=cfg.lr,
+                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               momentum=cfg.momentum, filter_bias_and_bn=True)
 
 
 NAME_MAX_BYTES = 255  # the longest file name most file systems accept
@@ -184,15 +249,17 @@ def predict(
     device: torch.device,
     amp: str = "auto",
     channels_last: bool = True,
+    channels_last_cpu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels over an evaluation split, model in eval mode."""
+    """Logits (float32, CPU) and labels over an evaluation split, model in eval mode.
+    `channels_last` applies on CUDA, and on CPU too with `channels_last_cpu` (the engine's choice)."""
     was_training = model.training
     model.eval()
     dtype = autocast_dtype(amp, device)
     outs, labels = [], []  # may stay empty: a rank's share of a small split
     for x, y in batches:
         x = x.to(device, non_blocking=True)
-        if channels_last and device.type == "cuda":
+        if channels_last and (device.type == "cuda" or channels_last_cpu) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             z = model(x)
@@ -228,8 +295,10 @@ class Engine:
         progress: bool = True,
         log: tuple[str, ...] = (),
         log_every: int = 50,
+        describe: list[tuple[str, str]] | None = None,
     ) -> None:
         self.cfg = cfg.validate()
+        self.describe = list(describe or [])  # the stage's lines of the start-up summary
         self.task = task
         self.run_dir = Path(run_dir)
         self.device = device
@@ -242,20 +311,22 @@ class Engine:
         self.loggers: list[RunLogger] = []  # opened by fit() on rank 0
         self.progress = progress and sys.stderr.isatty() and dist.is_main()
         self.amp_dtype = autocast_dtype(cfg.amp, device)
-        self.channels_last = cfg.channels_last and device.type == "cuda"
+        self.channels_last = cfg.channels_last and (device.type == "cuda" or bool(cfg.channels_last_cpu))
         model.to(device)
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # 4-d weights only; others stay as they are
         self.model = model
         self.train_model = dist.wrap_ddp(model, device)
-        # Weight decay on every parameter (BN included), as in the original recipes, for comparability.
-        self.optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
+        if cfg.compile:
+            # the wrapper shares the model's parameters: checkpoints still save `model`'s plain names
+            self.train_model = torch.compile(self.train_model)
+        self.optimizer = build_optimizer(model, cfg)
+        self.ema = None
+        if cfg.model_ema:
+            from timm.utils import ModelEmaV3
+
+            # after the move and the memory format: the copy is made in the layout it is used in
+            self.ema = ModelEmaV3(model, decay=cfg.model_ema_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # completed epochs
         self.step = 0
@@ -270,6 +341,7 @@ class Engine:
         return {
             **self.meta,
             "model": self.model.state_dict(),
+            **({"model_ema": self.ema.module.state_dict()} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "task": self.task.state_dict(),
@@ -310,6 +382,10 @@ class Engine:
             )
         try:
             self.model.load_state_dict(ck["model"])
+            if self.ema is not None:
+                if "model_ema" not in ck:
+                    raise KeyError("model_ema (the checkpoint holds no EMA weights)")
+                self.ema.module.load_state_dict(ck["model_ema"])
             self.optimizer.load_state_dict(ck["optimizer"])
             if ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
@@ -348,7 +424,7 @@ class Engine:
             for g in opt.param_groups:
                 g["lr"] = lr
             x = batch.x
-            if self.channels_last:
+            if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
                 batch.x = x
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -365,6 +441,9 @@ class Engine:
             self.scaler.step(opt)
             self.scaler.update()
             self.step += 1
+            if self.ema is not None:
+                # timm's rule: the global step sets the decay (the first update copies the weights)
+                self.ema.update(self.model, step=self.step)
             b = len(batch)
             n_seen += b
             n_correct += int((logits.detach().argmax(1) == batch.labels).sum())
@@ -394,19 +473,21 @@ class Engine:
         _, logits, labels = self.evaluate(split)
         return logits, labels
 
-    def evaluate(self, split: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """Metrics, logits [N, K] and labels [N] of a split; under DDP every rank must call it
-        (each runs its block of batches, the rows are gathered in order on every rank)."""
+    def evaluate(self, split: str, model: nn.Module | None = None) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Metrics, logits [N, K] and labels [N] of a split (of `model`, default the trained one);
+        under DDP every rank must call it (each runs its block of batches, the rows are gathered
+        in order on every rank)."""
         world = dist.world_size()
         sharded = world > 1 and _accepts_shard(self.task.eval_batches)
         batches = (self.task.eval_batches(split, shard=(dist.rank(), world)) if sharded
                    else self.task.eval_batches(split))
         logits, labels = predict(
-            self.model,
+            self.model if model is None else model,
             batches,
             device=self.device,
             amp=self.cfg.amp,
             channels_last=self.channels_last,
+            channels_last_cpu=True,  # self.channels_last already says whether it applies here
         )
         if sharded:
             logits, labels = dist.gather_rows(logits), dist.gather_rows(labels)
@@ -425,6 +506,8 @@ class Engine:
             t = fit_temperature(*self.last_predictions["val"])
             for split, m in out.items():
                 m.update(scaled_metrics(*self.last_predictions[split], t, self.cfg.ece_bins))
+        if self.ema is not None:  # the EMA weights, scored the same way (no temperature: one T per run)
+            out["ema"] = {split: self.evaluate(split, self.ema.module)[0] for split in self.task.eval_splits}
         return out
 
     @property
@@ -449,6 +532,7 @@ class Engine:
             write_json(self.run_dir / "config.json", self.run_config)
             write_json(self.run_dir / "env.json", environment())
             self.loggers = open_loggers(self.log, self.run_dir)
+            print(self.startup_summary(resumed=resume), flush=True)
         try:
             stopped_early = self._epochs()
         finally:
@@ -458,7 +542,53 @@ class Engine:
         summary = self.summarize(stopped_early=stopped_early)
         if dist.is_main():
             write_json(self.run_dir / "summary.json", summary)
+            self._write_safetensors()
         return FitResult(summary=summary, model=self.model)
+
+    def _write_safetensors(self) -> None:
+        """model.safetensors (and model_ema.safetensors): the trained weights under the model's
+        own parameter names, which timm/torchvision users load with `safetensors.torch.load_file`
+        and `model.load_state_dict` without labelenh."""
+        from safetensors.torch import save_file
+
+        meta = {k: str(self.meta[k]) for k in ("model_name", "num_classes", "in_chans") if k in self.meta}
+        meta["epoch"] = str(self.epoch)
+        models = [("model.safetensors", self.model)]
+        if self.ema is not None:
+            models.append(("model_ema.safetensors", self.ema.module))
+        for fname, m in models:
+            # contiguous copies: safetensors stores dense row-major tensors and no shared storage
+            sd = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                  for k, v in m.state_dict().items()}
+            atomic_write(self.run_dir / fname, lambda p, sd=sd: save_file(sd, str(p), metadata=meta))
+
+    def startup_summary(self, *, resumed: bool) -> str:
+        """The block printed before the first epoch: what this run is about to do, and where."""
+        from labelenh.schedules import schedule_text, schedule_warnings
+
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.model.parameters())
+        sched = schedule_text(cfg.schedule, cfg.epochs, cfg.milestones, cfg.gamma, cfg.warmup_epochs,
+                              cfg.lr, cfg.min_lr)
+        opt = (f"sgd (momentum {cfg.momentum:g}{', nesterov' if cfg.nesterov else ''})" if cfg.opt == "sgd"
+               else cfg.opt)
+        extras = [f"EMA decay {cfg.model_ema_decay:g}" if cfg.model_ema else "",
+                  "torch.compile" if cfg.compile else ""]
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "off"
+        rows = [("model", f"{self.meta.get('model_name', type(self.model).__name__)}, "
+                          f"{n_params:,} parameters"),
+                *self.describe,
+                ("epochs", f"{cfg.epochs}" + (f" (resuming after epoch {self.epoch})" if resumed else "")
+                 + f", batch {cfg.batch_size}, {self.steps_per_epoch} steps/epoch, seed {cfg.seed}"),
+                ("schedule", sched),
+                *(("warning", w) for w in schedule_warnings(cfg.schedule, cfg.epochs, cfg.milestones)),
+                ("optimiser", f"{opt}, weight decay {cfg.weight_decay:g}"
+                 + "".join(f", {e}" for e in extras if e)),
+                ("device", f"{self.device}, AMP {amp}, channels-last {'on' if self.channels_last else 'off'}"
+                 + (f", {dist.world_size()} processes" if dist.world_size() > 1 else "")),
+                ("run folder", str(self.run_dir))]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
     def _epochs(self) -> bool:
         """Train until the last epoch or early stopping; True when stopped early."""
@@ -523,7 +653,8 @@ class Engine:
             "name": self.run_dir.name,
             "epochs_run": self.epoch,
             "stopped_early": stopped_early,
-            "last": {"epoch": last.get("epoch"), "test": last.get("test"), "val": last.get("val")},
+            "last": {"epoch": last.get("epoch"), "test": last.get("test"), "val": last.get("val"),
+                     **({"ema": last["ema"]} if "ema" in last else {})},
             "best": {"epoch": best.get("epoch"), "selected_by": selected_by, "test": best.get("test"), "val": best.get("val")},
             "train_time_s": sum(r.get("train_time_s", 0.0) for r in self.history),
             "config": self.run_config,
@@ -542,12 +673,19 @@ def _accepts_shard(fn: Callable[..., Any]) -> bool:
 RESUMABLE_KEYS = {"epochs"}
 
 
+# Top-level run settings added later, with the value that reproduces the runs made before them.
+LEGACY_RUN = {"reset_head": False}
+
+
 def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
+    legacy = LEGACY_TRAIN if prefix == "train." else LEGACY_RUN if prefix == "" else {}
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if k in RESUMABLE_KEYS:
             continue
+        if k not in old and k in legacy and b == legacy[k]:
+            continue  # recorded before the setting existed, and the run keeps the old behaviour
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_diffs(a, b, f"{prefix}{k}.")
         elif a != b:
@@ -592,5 +730,7 @@ def _print_epoch(r: dict[str, Any]) -> None:
             m = r[split]
             ts = f" (ts {m['ece_ts']:.4f})" if "ece_ts" in m else ""
             parts.append(f"{split} acc {m['acc1']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f}{ts}")
+    if "ema" in r and "test" in r["ema"]:
+        parts.append(f"ema test acc {r['ema']['test']['acc1']:.4f}")
     parts.append(f"{r['train_time_s']:.1f}s")
     print(" | ".join(parts), file=sys.stderr, flush=True)

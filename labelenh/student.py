@@ -23,7 +23,7 @@ from labelenh.checkpoint import (
 )
 from labelenh.data.settings import DataSettings
 from labelenh.devices import resolve_device
-from labelenh.engine import Batch, Engine, TrainConfig, check_run_name
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, with_memory_format
 from labelenh.errors import LabelenhError
 from labelenh.methods import METHODS, Method, MethodContext, MethodInputs, build_method
 from labelenh.models import build_model
@@ -31,7 +31,13 @@ from labelenh.pipeline import ImagePipeline
 from labelenh.plots import write_reliability as _write_reliability
 from labelenh.rng import derive_seed
 from labelenh.store.dataset import StoreBatches
-from labelenh.teach import dataset_record, default_run_name, recorded_data
+from labelenh.teach import (
+    dataset_record,
+    default_run_name,
+    describe_data,
+    recorded_data,
+    recorded_train,
+)
 from labelenh.views import ViewSpec, get_op, names_views_of
 from labelenh.views import augments as _augments  # --aug changes the image: the store's views
 from labelenh.views.ops import default_base
@@ -48,6 +54,7 @@ class StudentSettings:
     # run folders / checkpoints run at every step: for `kd`, or a store method's teacher instead of --store
     online_teachers: list[str] = field(default_factory=list)
     init: str | None = None  # start from these weights (e.g. the NLS warm-up-then-GLS procedure)
+    reset_head: bool = False  # keep a fresh classifier where the init weights' has another shape
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str | None = None
@@ -57,10 +64,12 @@ class StudentSettings:
     preload: bool | None = None  # read the store into memory (None: when it fits 2 GiB) or lazily
     log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
     log_every: int = 50  # optimiser steps between logged training losses
+    # train settings derived from --epochs (key -> what was done); a resume keeps the recorded ones
+    scaled: dict[str, str] = field(default_factory=dict)
 
     def run_config(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("name", "runs_dir", "device", "preload", "workers", "log", "log_every"):
+        for key in ("name", "runs_dir", "device", "preload", "workers", "log", "log_every", "scaled"):
             d.pop(key)  # where and how the run is made and watched, not what it trains
         return {"stage": "student", **d}
 
@@ -208,6 +217,24 @@ def _keep_older_method_record(cfg: dict[str, Any], method: Method, run_dir: Path
             del cfg["method_params"][key]
 
 
+def _describe(s: StudentSettings, task: StudentTask, bundle: Any, method: Method) -> list[tuple[str, str]]:
+    """The student's lines of the start-up summary: data, method, where its targets come from."""
+    params = ", ".join(f"{k}={v}" for k, v in method.describe()["params"].items())
+    rows = [describe_data(bundle), ("method", f"{method.name}" + (f" ({params})" if params else ""))]
+    if task.store is not None:
+        views = (f"its views ({task.store.view_spec.describe()}, {task.store.num_views} per sample)"
+                 if task.store_views and task.store.view_spec is not None else "clean logits, fresh crop/flip views")
+        rows.append(("store", f"{s.store}: teachers {', '.join(task.teacher_ids or task.store.teachers)}; {views}"))
+    elif s.online_teachers:
+        rows.append(("teachers", f"online: {', '.join(s.online_teachers)}"))
+    else:
+        rows.append(("views", "none" if s.aug == "none" else f"{s.aug or 'crop-flip'}, drawn on the fly"))
+    if s.init:
+        rows.append(("weights", f"{s.init}{' (classifier reset)' if s.reset_head else ''}"))
+    rows += [("note", text) for text in s.scaled.values() if text]
+    return rows
+
+
 def _data_record(s: StudentSettings, run_dir: Path, resume: bool) -> dict[str, Any] | None:
     """The data options the student's images must repeat: the store's export options (its clean
     images are the ones the teachers saw), else those of the run being resumed."""
@@ -225,6 +252,10 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
         f"student-{s.method}", s.model, s.data.dataset, s.train.seed))
     run_dir = Path(s.runs_dir) / name
     s = replace(s, data=s.data.for_run(lambda: _data_record(s, run_dir, resume)))
+    if resume:
+        train, notes = recorded_train(s.train, Path(s.runs_dir) / name, s.scaled)
+        s = replace(s, train=train, scaled=notes)
+    s = replace(s, train=with_memory_format(s.train, s.model))  # recorded in config.json
     task = build_task(s, device)
     bundle, method, store = task.pipe.bundle, task.method, task.store
     if (run_dir / "checkpoint.pt").exists() and not resume:
@@ -233,9 +264,13 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
     in_chans = bundle.train.image_shape[0]
     model = build_model(s.model, bundle.num_classes, in_chans=in_chans)
     if s.init:
+        from labelenh.models.weights import is_safetensors, read_safetensors, reset_classifier
+
         path = resolve_checkpoint_path(s.init)
-        load_weights(model, state_dict_of(read_checkpoint(path)),
-                     what=f"{s.model} with {bundle.num_classes} classes", source=path)
+        sd = read_safetensors(path) if is_safetensors(path) else state_dict_of(read_checkpoint(path))
+        if s.reset_head:
+            sd, _ = reset_classifier(model, sd)
+        load_weights(model, sd, what=f"{s.model} with {bundle.num_classes} classes", source=path)
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle), "method": method.describe()}
     cfg = s.run_config()
@@ -250,7 +285,8 @@ def train_student(s: StudentSettings, *, resume: bool = False, on_epoch_end=None
     if resume:
         _keep_older_method_record(cfg, method, run_dir)
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=cfg,
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every,
+                    describe=_describe(s, task, bundle, method))
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():

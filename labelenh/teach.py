@@ -22,7 +22,7 @@ from labelenh.checkpoint import (
 from labelenh.data import DatasetBundle
 from labelenh.data.settings import DataSettings  # noqa: F401 - recorded runs and callers import it from here
 from labelenh.devices import resolve_device
-from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict
+from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict, with_memory_format
 from labelenh.errors import LabelenhError
 from labelenh.files import write_json
 from labelenh.losses import soft_cross_entropy
@@ -43,16 +43,20 @@ class TeachSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     aug: dict[str, Any] = field(default_factory=lambda: ViewSpec().to_dict())  # crop/flip
     weights: str | None = None  # initialise from a local file (e.g. ImageNet weights for timm models)
+    reset_head: bool = False  # keep a fresh classifier where the weights' has another shape
     name: str | None = None
     runs_dir: str = "runs"
     device: str = "auto"
     workers: int | None = None  # loader processes for image folders (None: the CPU count); not a result setting
     log: tuple[str, ...] = ()  # extra loggers (labelenh.loggers); not part of the run's config
     log_every: int = 50  # optimiser steps between logged training losses
+    # train settings derived from --epochs (key -> what was done); a resume keeps the recorded ones
+    scaled: dict[str, str] = field(default_factory=dict)
 
     def run_config(self) -> dict[str, Any]:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
-                "train": asdict(self.train), "aug": self.aug, "weights": self.weights}
+                "train": asdict(self.train), "aug": self.aug, "weights": self.weights,
+                "reset_head": self.reset_head}
 
 
 def default_run_name(prefix: str, model: str, dataset: str, seed: int) -> str:
@@ -108,7 +112,6 @@ class TeacherTask:
 def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
     """Keep the view spec as the run recorded it when it means the same views: runs started
     before views had one module per op recorded every op's options."""
-    from dataclasses import replace
 
     from labelenh.views.spec import same_spec
 
@@ -116,6 +119,52 @@ def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
         return s
     old = (read_checkpoint(path).get("config") or {}).get("aug")
     return replace(s, aug=old) if old != s.aug and same_spec(old, s.aug) else s
+
+
+HOW_KEYS = ("channels_last", "channels_last_cpu", "compile")
+
+
+def recorded_train(train: TrainConfig, run_dir: Path, scaled: dict[str, str]) -> tuple[TrainConfig, dict[str, str]]:
+    """The train settings a resumed run continues with: the recorded values of those derived from
+    --epochs (a resume that grows --epochs keeps its schedule), and, for settings the record
+    predates and the caller left at their defaults, the value the run trained with
+    (`LEGACY_TRAIN`). Returns them and the notes that still hold."""
+    from dataclasses import fields
+
+    from labelenh.engine import LEGACY_TRAIN
+
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return train, scaled
+    stored = (read_checkpoint(path).get("config") or {}).get("train")
+    if not isinstance(stored, dict):
+        return train, scaled
+    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    notes = dict(scaled)
+    for key in scaled:
+        if key in stored:
+            changes[key] = stored[key]
+            notes[key] = f"{key} {stored[key]} as the run recorded them"
+    for key, old in LEGACY_TRAIN.items():
+        if key not in stored and getattr(train, key) == defaults[key]:
+            changes[key] = old
+    for key in HOW_KEYS:
+        # how the steps run, not what they compute: a resume left at the defaults keeps the
+        # recorded choice (a different memory format would change the low bits of every step)
+        if key in stored and getattr(train, key) == defaults[key]:
+            changes[key] = stored[key]
+    return replace(train, **changes).validate(), notes
+
+
+def describe_data(bundle: DatasetBundle) -> tuple[str, str]:
+    """The start-up summary's line about the data."""
+    sizes = [f"{len(bundle.train):,} train"]
+    if bundle.val is not None:
+        sizes.append(f"{len(bundle.val):,} val")
+    sizes.append(f"{len(bundle.test):,} test")
+    c, h, w = bundle.train.image_shape
+    return "data", f"{bundle.name}: {', '.join(sizes)}, {bundle.num_classes} classes, {c}x{h}x{w}"
 
 
 def recorded_data(path: Path) -> dict[str, Any] | None:
@@ -128,6 +177,7 @@ def recorded_data(path: Path) -> dict[str, Any] | None:
 
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
     """Train one teacher into `runs_dir/name`; returns the run summary."""
+
     device = dist.init_from_env(resolve_device(s.device))
     s.train.validate()
     spec = ViewSpec.from_dict(s.aug)
@@ -138,18 +188,27 @@ def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) 
     bundle = s.data.load()
     if resume:
         s = _recorded_aug(s, run_dir / "checkpoint.pt")
+        train, notes = recorded_train(s.train, run_dir, s.scaled)
+        s = replace(s, train=train, scaled=notes)
+    s = replace(s, train=with_memory_format(s.train, s.model))  # recorded in config.json
     if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not resume:
         raise LabelenhError(f"run folder {run_dir} already holds a run: pass --resume to continue it or a new --name")
     torch.manual_seed(derive_seed(s.train.seed, "init"))
     in_chans = bundle.train.image_shape[0]
-    model = build_model(s.model, bundle.num_classes, in_chans=in_chans, weights=s.weights)
+    model = build_model(s.model, bundle.num_classes, in_chans=in_chans, weights=s.weights,
+                        reset_head=s.reset_head)
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
                          eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
     task = TeacherTask(pipe, spec, s.train.seed, s.train.epochs)
     meta = {"model_name": s.model, "num_classes": bundle.num_classes, "in_chans": in_chans,
             "dataset": dataset_record(bundle)}
+    describe = [describe_data(bundle), ("method", f"teacher: soft cross-entropy on {spec.describe()} views")]
+    if s.weights:
+        describe.append(("weights", f"{s.weights}{' (classifier reset)' if s.reset_head else ''}"))
+    describe += [("note", text) for text in s.scaled.values() if text]
     engine = Engine(model, task, s.train, run_dir, device=device, run_config=s.run_config(),
-                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every)
+                    checkpoint_meta=meta, on_epoch_end=on_epoch_end, log=s.log, log_every=s.log_every,
+                    describe=describe)
     result = engine.fit(resume=resume)
     logits, labels = engine.final_predictions("test")  # collective under DDP
     if dist.is_main():

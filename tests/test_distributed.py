@@ -35,7 +35,8 @@ DS = ["--dataset", "synthetic:10:20", "--image-size", "16"]  # 200 train, 40 tes
 EVAL_BATCH = 16  # test split: batches of 16, 16, 8 -> rank 0 runs two, rank 1 one
 TRAIN = [*DS, "--model", "resnet8", "--batch-size", "32", "--milestones", "5", "--device", "cpu"]
 EXPORT = [*DS, "--aug", "mixup", "--views", "2", "--batch-size", "16", "--device", "cpu"]  # 13 chunks
-RUN_FILES = {"checkpoint.pt", "config.json", "env.json", "metrics.jsonl", "summary.json", "reliability.png"}
+RUN_FILES = {"checkpoint.pt", "config.json", "env.json", "metrics.jsonl", "summary.json", "reliability.png",
+             "model.safetensors"}
 
 
 

@@ -153,9 +153,13 @@ def test_long_schedule_preset():
     assert v["epochs"] == 350 and v["milestones"] == [150, 200, 250, 300] and v["schedule"] == "multistep"
     cfg = train_config(v)
     assert (cfg.epochs, cfg.milestones, cfg.gamma) == (350, [150, 200, 250, 300], 0.1)
-    # explicit flags still win over the preset, whatever the recipe file says
+    # explicit flags still win over the preset, whatever the recipe file says; the preset's
+    # milestones keep their fractions of the run when --epochs changes its length
     v = resolve({"schedule": "long", "epochs": 400, "lr": None}, {"lr": 0.1, "epochs": 10})
-    assert v["epochs"] == 400 and v["lr"] == 0.1 and v["milestones"] == [150, 200, 250, 300]
+    assert v["epochs"] == 400 and v["lr"] == 0.1
+    assert v["milestones"] == [round(m * 400 / 350) for m in (150, 200, 250, 300)]
+    v = resolve({"schedule": "long", "epochs": 400, "milestones": "150,200", "lr": None}, {})
+    assert v["milestones"] == [150, 200]  # given: kept as they are
 
 
 def test_cli_passes_the_long_schedule_to_the_student(made, monkeypatch):

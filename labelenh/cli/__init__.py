@@ -41,6 +41,9 @@ def _register_commands() -> None:
         register = getattr(mod, "register", None)
         if register is not None:
             register(app)
+    from labelenh.cli._examples import apply
+
+    apply(app)
 
 
 def _classes(name: str) -> tuple[type[BaseException], ...]:

@@ -131,14 +131,14 @@ def _method_help() -> str:
 
 def student(
     method: Annotated[str | None, typer.Option("--method", help=f"Target method: {_method_help()}", rich_help_panel=H_M)] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Student model (see `labelenh teach --help`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Student model (see `labelenh teach --help`).", show_default="resnet20")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Soft-label store from `labelenh export-soft-labels`.", rich_help_panel=H_M)] = None,
     aug: Annotated[str | None, typer.Option("--aug", help=f"Train on the store's views, as stored (Aug- methods): name the op the store was exported with ({aug_names()}); their stored logits replace the mixed label. Default: fresh crop/flip views with the clean-sample logits; none: no augmentation. Without --store, the methods that need no teacher draw such views on the fly.", rich_help_panel=H_M)] = None,
     teachers: Annotated[str | None, typer.Option("--teachers", help="Comma-separated teacher names inside the store (default: all; several = an ensemble).", rich_help_panel=H_M)] = None,
     teacher: Annotated[list[str] | None, typer.Option("--teacher", help="Teacher run/checkpoint run online at every step: for `kd`, or instead of --store for the store methods (repeat for an ensemble).", rich_help_panel=H_M)] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="Any method parameter by its own name as KEY=VALUE (repeatable); `labelenh methods M` lists them.", rich_help_panel=H_M)] = None,
-    init: Annotated[Path | None, typer.Option("--init", help="Initialise the student from this run/checkpoint (e.g. GLS after a CE warm-up).")] = None,
-    recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings; flags override it.")] = None,
+    init: c.Weights = None, reset_head: c.ResetHead = False,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings or a student run's config.json (repeats that run); flags override it.", show_default="none")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
@@ -146,6 +146,8 @@ def student(
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
+    opt: c.Opt = None, model_ema: c.ModelEma = None, model_ema_decay: c.ModelEmaDecay = None,
+    compile: c.Compile = None, channels_last: c.ChannelsLast = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
@@ -159,7 +161,8 @@ def student(
 
     loggers = parse_loggers(log)
 
-    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "method", "aug", "store", "params"})
+    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "method", "aug", "store", "params", "weights",
+                                                              "reset_head", "teachers", "teacher"}, stage="student")
     flags = dict(
         model=model, method=method, aug=aug, store=str(store) if store else None, dataset=dataset,
         data_root=data_root, val_split=val_split, split_seed=split_seed, noise=noise,
@@ -167,6 +170,10 @@ def student(
         batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs,
         patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
+        opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
+        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
+        weights=str(init) if init else None, reset_head=reset_head or None,
+        teachers=teachers, teacher=list(teacher) if teacher else None,
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
@@ -193,13 +200,17 @@ def student(
         if not sep or not key:
             raise LabelenhError(f"--param {item!r}: write it as KEY=VALUE, e.g. --param kl_reduction=batchmean")
         params[key.strip()] = value.strip()
+    teachers = v.get("teachers")
+    train = c.train_config(v)
     s = StudentSettings(
         model=v.get("model", "resnet20"), method=method_name, params=params, store=v.get("store"),
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
-        online_teachers=[str(t) for t in teacher or []], init=str(init) if init else None,
-        data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=c.train_config(v),
+        online_teachers=[str(t) for t in v.get("teacher") or []], init=v.get("weights"),
+        reset_head=bool(v.get("reset_head")),
+        data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=train,
         name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers, log=loggers,
         log_every=log_every,
+        scaled=v[c.SCALED],
     )
     summary = train_student(s, resume=resume)
     from labelenh.evaluate import print_metrics

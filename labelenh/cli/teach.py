@@ -22,12 +22,12 @@ def register(app: typer.Typer) -> None:
 
 
 def teach(
-    model: Annotated[str | None, typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME")] = None,
-    recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/); flags override it.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.")] = None,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Initialise from local weights (e.g. for timm:/torchvision: models).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.")] = None,
-    aug: Annotated[str | None, typer.Option("--aug", help=f"Training views (default: crop/flip): {aug_names()}.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME", show_default="resnet20")] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/) or a run's config.json (repeats that run); flags override it.", show_default="none")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Load this teacher instead of training (labelenh checkpoint or a plain state_dict for --model) and evaluate it.", show_default="none: train")] = None,
+    weights: c.Weights = None, reset_head: c.ResetHead = False,
+    seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.", show_default="--seed")] = None,
+    aug: Annotated[str | None, typer.Option("--aug", help=f"Training views: {aug_names()}.", show_default="crop-flip")] = None,
     dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
     split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
     noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
@@ -35,6 +35,8 @@ def teach(
     nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
     milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
     patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
+    opt: c.Opt = None, model_ema: c.ModelEma = None, model_ema_decay: c.ModelEmaDecay = None,
+    compile: c.Compile = None, channels_last: c.ChannelsLast = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
@@ -51,13 +53,17 @@ def teach(
     from labelenh.views import ViewSpec
 
     loggers = parse_loggers(log)
-    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug"})
+    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug", "weights", "reset_head"},
+                        stage="teach")
     flags = dict(
         model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
         split_seed=split_seed, noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed,
         image_size=image_size, crop_pct=crop_pct, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
         gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
+        opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
+        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
+        weights=str(weights) if weights else None, reset_head=reset_head or None,
     )
     v = c.resolve(flags, rec)
     c.check_val_split(v.get("val_split"))
@@ -78,10 +84,13 @@ def teach(
         _print_table(summary["name"], summary["last"]["test"])
         return
     train = c.train_config(v)
-    spec = ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec()  # default: crop/flip
+    # a run record's view spec is a table; a flag or TOML recipe names the op
+    spec = (ViewSpec.from_dict(v["aug"]) if isinstance(v.get("aug"), dict) else
+            ViewSpec.parse(v["aug"]) if "aug" in v else ViewSpec())  # default: crop/flip
     base = TeachSettings(model=model_name, data=data, train=train, aug=spec.to_dict(),
-                         weights=str(weights) if weights else None, name=name, runs_dir=str(runs_dir),
-                         device=device, workers=workers, log=loggers, log_every=log_every)
+                         weights=v.get("weights"), reset_head=bool(v.get("reset_head")), name=name,
+                         runs_dir=str(runs_dir), device=device, workers=workers, log=loggers, log_every=log_every,
+                         scaled=v[c.SCALED])
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")

@@ -291,4 +291,13 @@ def build_method(name: str, num_classes: int, **params: Any) -> Method:
     cls = METHODS.get(name)
     if cls is None:
         raise LabelenhError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return cls(num_classes, **params)
+    # the CLI's names are accepted too (temperature= for T, ols_init= for init), so code reads
+    # like the command line; a parameter named both ways is ambiguous
+    by_option = {p.option(k).replace("-", "_"): k for k, p in cls.params.items() if p.option(k) != k}
+    named: dict[str, Any] = {}
+    for key, value in params.items():
+        own = key if key in cls.params else by_option.get(key, key)
+        if own in named:
+            raise LabelenhError(f"method {name!r}: {own} is given twice (as {own} and as {key})")
+        named[own] = value
+    return cls(num_classes, **named)

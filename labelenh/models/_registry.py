@@ -59,11 +59,14 @@ def build_model(
     in_chans: int = 3,
     weights: str | Path | None = None,
     seed: int | None = None,
+    reset_head: bool = False,
 ) -> nn.Module:
     """Build a classifier taking normalised float [B, in_chans, H, W] and returning logits [B, K].
 
     `seed` makes the random initialisation deterministic without touching the global RNG
-    (None: use torch's global RNG as usual). `weights` loads a local state_dict file.
+    (None: use torch's global RNG as usual). `weights` loads a local state_dict file (torch or
+    safetensors, or a run folder); `reset_head` keeps a fresh classifier where the file's has
+    another shape (e.g. ImageNet weights for a 10-class dataset).
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise LabelenhError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -80,7 +83,7 @@ def build_model(
     if weights is not None:
         from labelenh.models.weights import load_weights
 
-        load_weights(model, weights, model_name=name, num_classes=num_classes)
+        load_weights(model, weights, model_name=name, num_classes=num_classes, reset_head=reset_head)
     return model
 
 
