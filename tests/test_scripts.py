@@ -99,6 +99,9 @@ def test_converged_budget_runs_every_method_on_both_view_stores(repro, tmp_path,
     order = [flag(c, "--name")[0] for c in students]
     assert order.index("gls-warm-s0") > order.index("vanilla-s2")  # after every vanilla run
     assert by_name["vanilla-s0"]["--schedule"] == "multistep" and by_name["vanilla-s0"]["--lr"] == "0.1"
+    # clean images for every run but the Aug- rows, which keep their op's stored views
+    assert by_name["vanilla-s0"]["--aug"] == "none" and by_name["aug-sl-cutmix-s0"]["--aug"] == "cutmix"
+    assert all(flag(c, "--aug") == ["none"] for c in cmds if c[1] == "teach")
 
 
 def test_a_method_needs_its_op_store(repro, tmp_path):
