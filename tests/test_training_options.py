@@ -478,3 +478,11 @@ def test_channels_last_on_cpu_by_model_and_by_flag(tmp_path):
     r = run_cli(*args, "--channels-last", "--name", "forced")
     assert r.code == 0, r.err
     assert "channels-last on" in r.out and _ck(tmp_path / "forced")["config"]["train"]["channels_last_cpu"] is True
+
+
+@pytest.mark.parametrize("command", [["teach"], ["student", "--method", "vanilla"]])
+def test_reset_head_without_weights_is_refused_before_training(command, tmp_path):
+    r = run_cli(*command, "--dataset", "synthetic:2:4", "--epochs", "1", "--device", "cpu",
+                "--runs-dir", tmp_path, "--name", "x", "--reset-head")
+    assert_one_line_error(r, "--reset-head", "--weights")
+    assert not (tmp_path / "x").exists()

@@ -228,6 +228,8 @@ def resolve(flags: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     if "milestones" in notes and merged.get("schedule", _D.schedule) != "multistep":
         notes["milestones"] = ""  # scaled and recorded, but unused: nothing to say
     merged[SCALED] = notes
+    if merged.get("reset_head") and not merged.get("weights"):
+        raise LabelenhError("--reset-head drops the classifier of the weights a run starts from: pass --weights too")
     return merged
 
 
