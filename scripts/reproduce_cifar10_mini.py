@@ -157,8 +157,8 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
 
 def print_estimate(part: str, b: dict, teachers: int, exports: int, phases: list[list[list[str]]], jobs: int,
                    device: str, num_teachers: int) -> None:
-    """The expected wall time of what is left of this part, from a few timed steps of each
-    model on this machine (rough: the cores may be shared, and aug/online methods cost more)."""
+    """The expected wall time of what is left of this part on free cores, from the CPU time of a
+    few steps of each model on this machine (rough: aug and online methods cost more)."""
     if on_gpu(device):
         print(f"[{part}] expected wall time: not estimated on a GPU", flush=True)
         return
@@ -172,7 +172,7 @@ def print_estimate(part: str, b: dict, teachers: int, exports: int, phases: list
     total = sum(sec for _, sec in parts) / 60
     print(f"[{part}] expected wall time: {text}; {total:.0f} min in all ({teachers} teacher runs, {exports} "
           f"stores, {len(students)} student runs left; {t_epoch:.0f} s per teacher epoch, {s_epoch:.0f} s per "
-          f"student epoch, measured now)", flush=True)
+          f"student epoch on free cores, measured now)", flush=True)
 
 
 TRAIN_IMAGES = 5085  # cifar10-mini's train split (the validation split is part of it)
@@ -202,10 +202,12 @@ def epoch_seconds(model: str, batch: int, jobs: int) -> float:
                 opt.step()
 
             step()
-            t0 = time.perf_counter()
+            # CPU time, not wall time: other jobs on the machine do not inflate the estimate
+            # (it is the time on free cores); spread over the threads the steps ran on
+            t0 = time.process_time()
             for _ in range(3):
                 step()
-            per_step = (time.perf_counter() - t0) / 3
+            per_step = (time.process_time() - t0) / 3 / torch.get_num_threads()
         finally:
             torch.set_num_threads(threads)
         # a forward is about a third of a step; val + test are about a third of train's images
