@@ -7,7 +7,6 @@ rate schedule, AMP/channels-last, evaluation, checkpoints, resume and early stop
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import shutil
@@ -219,7 +218,10 @@ class Batch:
 
 
 class Task(Protocol):
+    """Everything the engine asks of a stage (teacher, student)."""
+
     eval_splits: tuple[str, ...]  # e.g. ("val", "test"); "val" drives early stopping
+    steps_per_epoch: int  # optimiser steps per epoch on this rank (the schedule and the bar)
 
     def train_batches(self, epoch: int) -> Iterable[Batch]: ...
 
@@ -227,11 +229,10 @@ class Task(Protocol):
         """(logits [B, K], named loss terms whose sum is minimised)."""
         ...
 
-    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """Clean (x, y) batches of a split. Under DDP the engine asks for one rank's part with
-        `eval_batches(split, shard=(rank, world))` when the method accepts `shard` (a contiguous
-        block of the unchanged batches, see `ImagePipeline.eval_batches`); else each rank
-        evaluates the whole split."""
+    def eval_batches(self, split: str, shard: tuple[int, int] = (0, 1)
+                     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Clean (x, y) batches of a split; `shard` = (rank, world) is that rank's contiguous
+        block of the unchanged batches (see `ImagePipeline.eval_batches`)."""
         ...
 
     def epoch_end(self, epoch: int) -> None: ...
@@ -477,10 +478,7 @@ class Engine:
         """Metrics, logits [N, K] and labels [N] of a split (of `model`, default the trained one);
         under DDP every rank must call it (each runs its block of batches, the rows are gathered
         in order on every rank)."""
-        world = dist.world_size()
-        sharded = world > 1 and _accepts_shard(self.task.eval_batches)
-        batches = (self.task.eval_batches(split, shard=(dist.rank(), world)) if sharded
-                   else self.task.eval_batches(split))
+        batches = self.task.eval_batches(split, shard=(dist.rank(), dist.world_size()))
         logits, labels = predict(
             self.model if model is None else model,
             batches,
@@ -489,7 +487,7 @@ class Engine:
             channels_last=self.channels_last,
             channels_last_cpu=True,  # self.channels_last already says whether it applies here
         )
-        if sharded:
+        if dist.world_size() > 1:
             logits, labels = dist.gather_rows(logits), dist.gather_rows(labels)
         return classification_metrics(logits, labels, n_bins=self.cfg.ece_bins), logits, labels
 
@@ -512,7 +510,7 @@ class Engine:
 
     @property
     def steps_per_epoch(self) -> int:
-        return int(getattr(self.task, "steps_per_epoch", 1))
+        return int(self.task.steps_per_epoch)
 
     def fit(self, *, resume: bool = False) -> FitResult:
         if resume:
@@ -660,13 +658,6 @@ class Engine:
             "config": self.run_config,
             "env": environment(),
         }
-
-
-def _accepts_shard(fn: Callable[..., Any]) -> bool:
-    try:
-        return "shard" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # Settings a resumed run may change: more epochs (the schedule is recomputed from them).

@@ -280,12 +280,16 @@ def test_helpers_are_identities_in_one_process():
 
 
 def test_both_stages_shard_their_evaluation():
-    from labelenh.engine import _accepts_shard
+    """The engine's Task protocol: every stage takes `shard` (the engine always passes it)."""
+    import inspect
+
+    from labelenh.engine import Task
     from labelenh.student import StudentTask
     from labelenh.teach import TeacherTask
 
-    assert _accepts_shard(TeacherTask.eval_batches) and _accepts_shard(StudentTask.eval_batches)
-    assert not _accepts_shard(lambda split: None)  # such a task evaluates the whole split per rank
+    want = inspect.signature(Task.eval_batches).parameters["shard"].default
+    for cls in (TeacherTask, StudentTask):
+        assert inspect.signature(cls.eval_batches).parameters["shard"].default == want == (0, 1)
 
 
 @pytest.mark.slow

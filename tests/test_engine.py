@@ -114,7 +114,7 @@ class _AntiTask:
         z = model(batch.x)
         return z, {"ce": torch.nn.functional.cross_entropy(z, batch.labels)}
 
-    def eval_batches(self, split):
+    def eval_batches(self, split, shard=(0, 1)):
         yield self.x, (1 - self.y) if split == "val" else self.y
 
     def epoch_end(self, epoch):
