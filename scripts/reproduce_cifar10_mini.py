@@ -130,8 +130,10 @@ def experiment(out: Path, b: dict, noise: str | None, methods: list[str], device
         teachers.append(runs / name)
     exports = [op for op, path in stores.items() if not store_complete(path)]
     phases: list[list[list[str]]] = [[], []]  # runs that start from another run go second
-    for label in methods:
-        for s in range(b["seeds"]):
+    # seed by seed: an interrupted run leaves every method with its first seeds, not some methods
+    # with all seeds and others with none
+    for s in range(b["seeds"]):
+        for label in methods:
             name = f"{label}-s{s}"
             if finished(runs / name):
                 continue
