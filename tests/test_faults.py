@@ -448,7 +448,7 @@ def test_student_killed_at_random_points_resumes_to_the_same_weights(store, zygo
 def test_kill_between_best_and_last_checkpoint_keeps_best_pt_right(tmp_path, monkeypatch):
     """With a validation split an improving epoch writes best.pt and checkpoint.pt; a kill after
     the first of the two must not leave a best.pt other than the epoch the run calls its best."""
-    import labelenh.engine as engine
+    import labelenh.engine.core as engine
 
     argv = ["teach", *DS, *TRAIN[:2], "--epochs", "3", *TRAIN[4:], "--val-split", "0.2", "--name", "t"]
     assert run_cli(*argv, "--runs-dir", tmp_path / "ref").code == 0

@@ -1,4 +1,4 @@
-"""One training loop for teachers and students.
+"""The training loop for teachers and students.
 
 The engine knows nothing of datasets, views or stores: a *task* hands it batches that already
 carry what the loss needs, and computes the loss. The engine owns the optimiser, the learning
@@ -12,9 +12,8 @@ import math
 import shutil
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from labelenh import bounds as B
 from labelenh import distributed as dist
-from labelenh.amp import AMP_MODES, autocast_dtype
+from labelenh.amp import autocast_dtype
 from labelenh.checkpoint import (
     ENGINE_FIELDS,
     RESUME_FIELDS,
@@ -32,9 +31,12 @@ from labelenh.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from labelenh.engine.config import LEGACY_TRAIN, TrainConfig
+from labelenh.engine.optim import build_optimizer, learning_rate
+from labelenh.engine.runs import RUN_FILES
 from labelenh.errors import LabelenhError, one_line
 from labelenh.loggers import STEP_TAG, RunLogger, open_loggers, parse_loggers
-from labelenh.metrics import DEFAULT_BINS, classification_metrics
+from labelenh.metrics import classification_metrics
 from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.utils import (
     atomic_write,
@@ -43,165 +45,6 @@ from labelenh.utils import (
     remove_stale_temporaries,
     write_json,
 )
-
-SCHEDULES = ("multistep", "cosine", "constant")
-RUN_FILES = ["checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "config.json", "env.json"]
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
-    patience: int = 0  # early stopping on validation NLL; 0 = off
-    seed: int = 0
-    amp: str = "auto"  # CUDA only: bf16 where supported, else fp16
-    channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on CPU (BENCHMARKS.md)
-    ece_bins: int = DEFAULT_BINS
-    eval_batch_size: int = 500
-    eval_every: int = 1
-    # timm optimiser name (timm.optim.list_optimizers()); "sgd" is torch's SGD with --momentum and
-    # --nesterov and decays every parameter, as the original CIFAR recipes did
-    opt: str = "sgd"
-    model_ema: bool = False  # keep, evaluate and checkpoint an EMA of the weights (timm's ModelEmaV3)
-    model_ema_decay: float = 0.9998  # timm's train.py default
-    compile: bool = False  # torch.compile the training model (costs a compile at start)
-    # channels_last on CPU as well: None = where it was measured faster (`cpu_channels_last`); runs
-    # recorded before it applied on CPU (no such key) keep it off there
-    channels_last_cpu: bool | None = None
-
-    def validate(self) -> TrainConfig:
-        """Every setting in its documented range (labelenh.bounds) before anything is allocated."""
-        B.EPOCHS.check(self.epochs, "--epochs")
-        B.BATCH_SIZE.check(self.batch_size, "--batch-size")
-        B.BATCH_SIZE.check(self.eval_batch_size, "eval_batch_size")
-        B.LR.check(self.lr, "--lr")
-        B.WEIGHT_DECAY.check(self.weight_decay, "--weight-decay")
-        B.SEED.check(self.seed, "--seed")
-        B.PATIENCE.check(self.patience, "--patience")
-        B.ECE_BINS.check(self.ece_bins, "--ece-bins")
-        B.EPOCHS.check(self.eval_every, "eval_every")
-        if not (B.WEIGHT_DECAY.contains(self.min_lr) and self.min_lr <= self.lr):
-            raise LabelenhError(f"min_lr must be in [0, lr], got {self.min_lr!r}")
-        if not 0 <= self.momentum < 1:
-            raise LabelenhError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.nesterov and self.momentum == 0:
-            raise LabelenhError("--nesterov needs --momentum > 0")
-        if self.schedule not in SCHEDULES:
-            raise LabelenhError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not 0 < self.gamma <= 1:
-            raise LabelenhError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if not all(B.EPOCHS.contains(m) for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise LabelenhError(f"--milestones must be increasing epochs in {B.EPOCHS.text()}, got {self.milestones}")
-        if not 0 <= self.warmup_epochs < max(self.epochs, 1) + (1 if self.warmup_epochs == 0 else 0):
-            raise LabelenhError(
-                f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs"
-            )
-        if self.amp not in AMP_MODES:
-            raise LabelenhError(f"--amp {self.amp!r} is not one of {', '.join(AMP_MODES)}")
-        check_optimizer(self.opt)
-        if self.nesterov and self.opt != "sgd":
-            raise LabelenhError(f"--nesterov applies to --opt sgd; {self.opt!r} has its own update rule")
-        B.EMA_DECAY.check(self.model_ema_decay, "--model-ema-decay")
-        return self
-
-
-# What each setting was before it existed: a run recorded without the key trained this way, so a
-# resume of it takes this value, and an absent key equal to it is no change of settings.
-LEGACY_TRAIN = {"opt": "sgd", "model_ema": False, "model_ema_decay": 0.9998, "compile": False,
-                "channels_last_cpu": False}
-
-
-def cpu_channels_last(model_name: str) -> bool:
-    """Whether channels-last speeds up this model's training steps on CPU. Measured side by side
-    (scripts/bench_train.py, BENCHMARKS.md): the CIFAR ResNets gain 1.2-1.5x, timm:resnet18 at
-    32x32 loses (0.93x); so on CPU it is on for labelenh's own models, off for timm:/torchvision:."""
-    return ":" not in model_name
-
-
-def with_memory_format(cfg: TrainConfig, model_name: str) -> TrainConfig:
-    """`cfg` with channels_last_cpu decided for `model_name` when it was left to the default."""
-    from dataclasses import replace
-
-    if cfg.channels_last_cpu is not None:
-        return cfg
-    return replace(cfg, channels_last_cpu=cpu_channels_last(model_name))
-
-
-def check_optimizer(name: str) -> str:
-    """`name` if timm can build it; one line listing a few close names otherwise."""
-    import difflib
-
-    from timm.optim import list_optimizers
-
-    known = list_optimizers()
-    if not isinstance(name, str) or name.lower() not in known:
-        close = difflib.get_close_matches(str(name).lower(), known, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise LabelenhError(f"--opt {name!r} is not an optimiser timm knows{hint}; e.g. sgd, adamw, lamb, "
-                            "lion (all: timm.optim.list_optimizers())")
-    return name.lower()
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser through timm's factory. `sgd` keeps the original recipes' rule (weight decay on
-    every parameter, BatchNorm included, for comparability with the papers); every other optimiser
-    follows timm and exempts biases and normalisation weights from decay."""
-    from timm.optim import create_optimizer_v2
-
-    if cfg.opt == "sgd":
-        params = [p for p in model.parameters() if p.requires_grad]
-        # timm's "sgd" is nesterov SGD and "momentum" plain momentum SGD: both torch.optim.SGD
-        return create_optimizer_v2(params, opt="sgd" if cfg.nesterov else "momentum", lr=cfg.lr,
-                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum, filter_bias_and_bn=True)
-
-
-NAME_MAX_BYTES = 255  # the longest file name most file systems accept
-
-
-def check_run_name(name: str) -> str:
-    """`name` unchanged if it is one plain path component: a run folder name must never reach
-    outside --runs-dir (/, \\, ..), hide (.), or break the lines of logs (control characters)."""
-    if not isinstance(name, str) or not name.strip():
-        raise LabelenhError(f"--name must be a non-empty folder name, got {name!r}")
-    bad = next((ch for ch in name if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
-    if bad is not None or name in (".", ".."):
-        what = repr(bad) if bad is not None else repr(name)
-        raise LabelenhError(
-            f"--name {name!r} is not one folder name (it holds {what}): use letters, digits, '-', '_' "
-            "and '.', e.g. --name teach-resnet20"
-        )
-    if name != name.strip() or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
-        raise LabelenhError(
-            f"--name {name[:40]!r}…: a folder name may not start or end with a space or exceed "
-            f"{NAME_MAX_BYTES} bytes"
-        )
-    return name
-
-
-def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate at a global step (per-step linear warm-up, then the schedule by epoch/step)."""
-    warm = cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    epoch = step // steps_per_epoch
-    if cfg.schedule == "multistep":
-        return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
-    if cfg.schedule == "cosine":
-        total = cfg.epochs * steps_per_epoch
-        t = (step - warm) / max(1, total - warm)
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-    return cfg.lr
 
 
 @dataclass
