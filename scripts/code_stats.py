@@ -62,14 +62,30 @@ def _option_fields(trees: dict[str, ast.Module]) -> list[str]:
     return sorted(set(names))
 
 
-def _spellings(trees: dict[str, ast.Module], options: list[str]) -> dict[str, int]:
+def _spellings(trees: dict[str, ast.Module], options: list[str], plumbing: bool = False) -> dict[str, int]:
+    """{option: places}. With `plumbing`, only the places that declare an option or carry it by
+    hand from the command line to the settings: the dataclass field, a `--flag` string anywhere,
+    and any spelling inside `labelenh.cli` (typer parameters, flag dicts, keywords)."""
     wanted = set(options)
     flag = {f"--{o.replace('_', '-')}": o for o in options}
     flag_re = re.compile(r"--[a-z][a-z0-9-]*")
     places: dict[str, set[tuple[str, int]]] = {o: set() for o in options}
     for mod, tree in trees.items():
+        cli = mod.startswith("labelenh.cli")
+        if plumbing and mod == "labelenh.cli._examples":
+            continue  # the help's example command lines: documentation, as README
+        fields = {id(item) for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name in OPTION_CLASSES
+                  for item in node.body if isinstance(item, ast.AnnAssign)}
         for node in ast.walk(tree):
             hits: list[tuple[str, int]] = []
+            if plumbing and not cli:
+                if id(node) in fields:
+                    hits.append((node.target.id, node.lineno))
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    hits += [(flag[f], node.lineno) for f in flag_re.findall(node.value) if f in flag]
+                for name, line in hits:
+                    places[name].add((mod, line))
+                continue
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 hits.append((node.target.id, node.lineno))
             elif isinstance(node, ast.arg):
@@ -128,7 +144,9 @@ def measure(root: Path) -> tuple[list[tuple[str, str]], dict[str, list[str]], di
                     if _private(part) and not (mod + ".").startswith(".".join(parts[:i]) + "."):
                         found["private"].append(f"{mod} <- {target}")
                         break
-    options = _spellings(trees, _option_fields(trees))
+    fields = _option_fields(trees)
+    options = _spellings(trees, fields)
+    plumbing = _spellings(trees, fields, plumbing=True)
     rows = [
         ("functions over 50 lines", str(len(found["f50"]))),
         ("functions over 60 lines", str(len(found["f60"]))),
@@ -145,6 +163,14 @@ def measure(root: Path) -> tuple[list[tuple[str, str]], dict[str, list[str]], di
                 f"median {statistics.median(counts):g}, max {max(counts)}",
             )
         )
+        hand = list(plumbing.values())
+        rows.append(
+            (
+                "places a training option is declared or carried by hand",
+                f"median {statistics.median(hand):g}, max {max(hand)}",
+            )
+        )
+    found["plumbing"] = [f"{o}: {n}" for o, n in sorted(plumbing.items(), key=lambda kv: -kv[1]) if n > 1]
     return rows, found, options
 
 

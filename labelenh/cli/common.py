@@ -12,16 +12,16 @@ from typing import Annotated, Any
 import typer
 
 from labelenh import bounds as B
+from labelenh.data.settings import DATA_KEYS, H_DATA, DataSettings
 from labelenh.engine import TrainConfig
 from labelenh.errors import LabelenhError, one_line
+from labelenh.options import flag, value_types
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-H_DATA = "Data"
-H_OPT = "Optimisation"
 H_RUN = "Run"
 H_W = "Weights"
 
@@ -32,36 +32,7 @@ def _default(value: Any) -> str:
     """How the help shows a default: lists comma-separated, as the flags take them."""
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
-Dataset = Annotated[str | None, typer.Option("--dataset", help="cifar10 | cifar100 | stl10 | fashionmnist | imagenet | folder:PATH | npz:PATH | cifar10-mini | synthetic", rich_help_panel=H_DATA)]
-DataRoot = Annotated[str | None, typer.Option("--data-root", help="Folder holding the dataset in torchvision's on-disk format (never downloaded).", rich_help_panel=H_DATA)]
-ValSplit = Annotated[float | None, typer.Option("--val-split", help="Fraction of train held out for validation/early stopping, in (0, 1).", rich_help_panel=H_DATA)]
-SplitSeed = Annotated[int | None, typer.Option("--split-seed", help=f"Seed of the validation split, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
-Noise = Annotated[str | None, typer.Option("--noise", help="Synthetic label noise: symmetric:RATE or pairflip:RATE.", rich_help_panel=H_DATA)]
-NoisyLabels = Annotated[str | None, typer.Option("--noisy-labels", help="CIFAR-N label file FILE[:KEY] (e.g. CIFAR-10_human.pt:worst).", rich_help_panel=H_DATA)]
-NoiseSeed = Annotated[int | None, typer.Option("--noise-seed", help=f"Seed of the synthetic label noise, in {B.SEED.text()}.", rich_help_panel=H_DATA)]
-ImageSize = Annotated[int | None, typer.Option("--image-size", help=f"Resize folder/ImageNet images to this size, in {B.IMAGE_SIZE.text()}.", rich_help_panel=H_DATA)]
-CropPct = Annotated[float | None, typer.Option("--crop-pct", help=f"Image folders: evaluation images are the centre crop of the short side resized to image size / crop-pct, in {B.CROP_PCT.text()}; default: 0.875 (256 -> 224, as timm) for a new run or store, what the resumed run or the store read was made with otherwise (1.0 where it records none).", rich_help_panel=H_DATA)]
 Workers = Annotated[int | None, typer.Option("--workers", help=f"Image folders: loader processes that decode and render the next batches while the model steps (export: threads decoding the next chunk); default: the CPU count, shared among torchrun's local ranks; 0: in the training process. Results do not depend on it. In {B.WORKERS.text()}.", rich_help_panel=H_DATA)]
-
-Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Training epochs, in {B.EPOCHS.text()}; the preset's or recipe's milestones and warm-up scale with it unless given.", show_default=f"{_D.epochs} (--schedule default)", rich_help_panel=H_OPT)]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help=f"Batch size (per process under torchrun), in {B.BATCH_SIZE.text()}.", show_default=_default(_D.batch_size), rich_help_panel=H_OPT)]
-Lr = Annotated[float | None, typer.Option("--lr", help=f"Peak learning rate, in {B.LR.text()}.", show_default=_default(_D.lr), rich_help_panel=H_OPT)]
-Opt = Annotated[str | None, typer.Option("--opt", help="Optimiser, any of timm.optim.list_optimizers(): sgd (torch SGD with --momentum/--nesterov, decay on every parameter, as the original recipes), adamw, lamb, lion, ... (timm's, no decay on biases and norms).", show_default=_D.opt, rich_help_panel=H_OPT)]
-Momentum = Annotated[float | None, typer.Option("--momentum", help="Momentum of sgd (and of timm optimisers that have one), in [0, 1).", show_default=_default(_D.momentum), rich_help_panel=H_OPT)]
-Nesterov = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (--opt sgd).", show_default="no-nesterov", rich_help_panel=H_OPT)]
-WeightDecay = Annotated[float | None, typer.Option("--weight-decay", help=f"Weight decay, in {B.WEIGHT_DECAY.text()}.", show_default=_default(_D.weight_decay), rich_help_panel=H_OPT)]
-Schedule = Annotated[str | None, typer.Option("--schedule", help="multistep | cosine | constant, or a preset: default (240 ep, 150/180/210), long (350 ep, 150/200/250/300), imagenet (100 ep, 30/60/90).", show_default=f"{_D.schedule} (the default preset)", rich_help_panel=H_OPT)]
-Milestones = Annotated[str | None, typer.Option("--milestones", help="Comma-separated epochs for multistep decay, e.g. 150,180,210; without it the preset's scale with --epochs.", show_default=f"{_default(_D.milestones)} of {_D.epochs} epochs, scaled to --epochs", rich_help_panel=H_OPT)]
-Gamma = Annotated[float | None, typer.Option("--gamma", help="Multistep decay factor, in (0, 1].", show_default=_default(_D.gamma), rich_help_panel=H_OPT)]
-Warmup = Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs, in [0, epochs); a recipe's scales with --epochs unless given.", show_default=_default(_D.warmup_epochs), rich_help_panel=H_OPT)]
-Patience = Annotated[int | None, typer.Option("--patience", help=f"Early stopping on validation NLL after this many epochs without improvement (needs --val-split); 0 = off; in {B.PATIENCE.text()}.", show_default=_default(_D.patience), rich_help_panel=H_OPT)]
-Seed = Annotated[int | None, typer.Option("--seed", help=f"Seed of initialisation, data order and augmentation, in {B.SEED.text()}.", show_default=_default(_D.seed), rich_help_panel=H_OPT)]
-Amp = Annotated[str | None, typer.Option("--amp", help="auto | off | bf16 | fp16 (CUDA only).", show_default=_D.amp, rich_help_panel=H_OPT)]
-EceBins = Annotated[int | None, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.", show_default=_default(_D.ece_bins), rich_help_panel=H_OPT)]
-ModelEma = Annotated[bool | None, typer.Option("--model-ema/--no-model-ema", help="Keep an exponential moving average of the weights (timm's ModelEmaV3), evaluated each epoch (`ema` in metrics.jsonl) and checkpointed.", show_default="no-model-ema", rich_help_panel=H_OPT)]
-ModelEmaDecay = Annotated[float | None, typer.Option("--model-ema-decay", help=f"EMA decay per step, in {B.EMA_DECAY.text()}.", show_default=_default(_D.model_ema_decay), rich_help_panel=H_OPT)]
-Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the training model (a compile at start; faster steps on GPUs).", show_default="no-compile", rich_help_panel=H_OPT)]
-ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="Channels-last (NHWC) memory format: faster convolutions on CUDA, and on CPU for the CIFAR ResNets (not for timm:resnet18 at 32x32, BENCHMARKS.md); --channels-last forces it on CPU too. A resumed run keeps what it recorded.", show_default="on CUDA; on CPU for labelenh's own models", rich_help_panel=H_OPT)]
 
 Weights = Annotated[Path | None, typer.Option("--weights", "--init", help="Initialise the model from these weights: a .safetensors or torch file (state_dict or labelenh checkpoint) or a run folder; --init is the same flag.", show_default="random initialisation", rich_help_panel=H_W)]
 ResetHead = Annotated[bool, typer.Option("--reset-head", help="Keep a freshly initialised classifier where the weights' has another shape (e.g. ImageNet weights for a 10-class dataset), as timm does.", rich_help_panel=H_W)]
@@ -80,9 +51,8 @@ SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {"schedule": "multistep", "epochs": 100, "milestones": [30, 60, 90], "gamma": 0.1},
 }
 
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
-DATA_KEYS = {"dataset", "data_root", "val_split", "split_seed", "noise", "noisy_labels", "noise_seed", "image_size",
-             "crop_pct"}
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+SETTINGS_KEYS = TRAIN_KEYS | DATA_KEYS  # what a training command's recipe may set, besides its own keys
 
 
 def read_recipe(path: Path | None, allowed: set[str], stage: str | None = None) -> dict[str, Any]:
@@ -156,18 +126,10 @@ _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str:
 
 def _recipe_types() -> dict[str, type]:
     """The TOML type each recipe key must have (a wrong one would otherwise surface as a
-    TypeError deep inside training)."""
-    import typing
-
-    out: dict[str, type] = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        base = typing.get_origin(hint) or hint
-        if base in _TYPE_WORDS:
-            out[name] = base
-    out.update(dataset=str, data_root=str, val_split=float, split_seed=int, noise=str, noisy_labels=str,
-               noise_seed=int, image_size=int, model=str, aug=(str, dict), method=str, store=str, params=dict,
-               description=str, weights=str, reset_head=bool, teachers=str, teacher=(list, str))
-    return out
+    TypeError deep inside training): the declared settings' own, and the commands' keys."""
+    return {**value_types(TrainConfig), **value_types(DataSettings), "model": str, "aug": (str, dict),
+            "method": str, "store": str, "params": dict, "description": str, "weights": str, "reset_head": bool,
+            "teachers": str, "teacher": (list, str)}
 
 
 def _is_a(value: Any, want: Any) -> bool:
@@ -228,8 +190,13 @@ def resolve(flags: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     if "milestones" in notes and merged.get("schedule", _D.schedule) != "multistep":
         notes["milestones"] = ""  # scaled and recorded, but unused: nothing to say
     merged[SCALED] = notes
+    if given.get("channels_last"):
+        merged["channels_last_cpu"] = True  # the flag forces channels-last on CPU too
     if merged.get("reset_head") and not merged.get("weights"):
         raise LabelenhError("--reset-head drops the classifier of the weights a run starts from: pass --weights too")
+    if merged.get("patience") and not merged.get("val_split"):
+        raise LabelenhError(f"{flag(TrainConfig, 'patience')} needs a validation split: add "
+                            f"{flag(DataSettings, 'val_split')} 0.1")
     return merged
 
 
@@ -239,17 +206,20 @@ def train_config(values: dict[str, Any], base: TrainConfig | None = None) -> Tra
     return TrainConfig(**{**cfg.__dict__, **kw}).validate()
 
 
-def note_without_temperature(summary: dict[str, Any], run_dir: Path) -> None:
-    """Say why a run reports no metrics after temperature scaling, and what would."""
-    if "temperature" not in ((summary.get("last") or {}).get("test") or {}):
+def print_run(summary: dict[str, Any], run_dir: Path) -> None:
+    """A finished run's test metrics, its folder, and (rank 0) why it has no temperature
+    scaling when it has none."""
+    from labelenh.distributed import env_rank
+    from labelenh.evaluate import print_metrics
+
+    test = (summary.get("last") or {}).get("test")
+    if test:
+        print_metrics({run_dir.name: test})
+    print(f"run folder: {run_dir}")
+    if env_rank() == 0 and "temperature" not in (test or {}):
         print(f"labelenh: note: no validation split, so no temperature scaling: train with --val-split "
               f"0.1, or run `labelenh evaluate {run_dir} --calibrate-on test` (biased: T is fitted on "
               "the split it is scored on)", file=sys.stderr)
-
-
-def check_val_split(v: float | None) -> None:
-    if v is not None and not 0 < v < 1:
-        raise LabelenhError(f"--val-split must be in (0, 1), got {v}")
 
 
 def check_workers(workers: int | None) -> None:

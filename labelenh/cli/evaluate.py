@@ -6,28 +6,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from labelenh import bounds as B
 from labelenh.cli import common as c
+from labelenh.data.settings import DataSettings
+from labelenh.engine import TrainConfig
 from labelenh.errors import LabelenhError, OutputError
 from labelenh.metrics import DEFAULT_BINS
+from labelenh.options import with_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
+@with_options(DataSettings, (TrainConfig, ["ece_bins"]))
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder or a checkpoint file.")],
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
+    options: dict[str, Any] | None = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name, needed for a plain state_dict.")] = None,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
-    ece_bins: Annotated[int, typer.Option("--ece-bins", help=f"Bins of ECE, adaptive ECE, class-wise ECE, RMS CE and MCE, in {B.ECE_BINS.text()}.")] = DEFAULT_BINS,
     calibrate_on: Annotated[str | None, typer.Option("--calibrate-on", help="Split to fit the temperature on: val (default when the dataset has one) | none | test (biased: fitted on the split it is scored on, labelled so).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here ('-' for stdout).")] = None,
     diagram: Annotated[Path | None, typer.Option("--diagram", help="Reliability diagram PNG path (default: next to the checkpoint).")] = None,
@@ -36,22 +36,18 @@ def evaluate(
     """Evaluate a trained model: accuracy and calibration on a dataset split."""
     from labelenh.checkpoint import read_checkpoint, resolve_checkpoint_path
     from labelenh.evaluate import evaluate_checkpoint, print_metrics
-    from labelenh.teach import DataSettings
 
-    c.check_val_split(val_split)
-    B.ECE_BINS.check(ece_bins, "--ece-bins")
+    options = dict(options or {})
+    ece_bins = options.pop("ece_bins", DEFAULT_BINS)
     path = resolve_checkpoint_path(checkpoint)
-    given = dict(dataset=dataset, data_root=data_root, val_split=val_split, split_seed=split_seed,
-                 noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size,
-                 crop_pct=crop_pct)
+    data = DataSettings.from_values(options)  # checked before the checkpoint is read
     saved: dict = {}
-    if dataset is None:
+    if "dataset" not in options:
         # A labelenh checkpoint remembers the data it was trained on; flags still win.
         saved = (read_checkpoint(path).get("config") or {}).get("data") or {}
         if not saved.get("dataset"):
             raise LabelenhError(f"{path} does not say which dataset it was trained on: pass --dataset")
-        given = {**saved, **{k: v for k, v in given.items() if v is not None}}
-    data = DataSettings(**{k: v for k, v in given.items() if v is not None})
+        data = DataSettings.from_record({**saved, **options})
     result, logits, labels = evaluate_checkpoint(path, data, split=split, model_name=model, ece_bins=ece_bins,
                                                  device=device, calibrate_on=calibrate_on)
     if result.get("calibrated_on") == "val" and saved and not saved.get("val_split"):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from labelenh import bounds as B
 from labelenh.cli import common as c
 from labelenh.cli.viewopts import aug_help, spec_from_flags, with_view_options
+from labelenh.data.settings import DataSettings
 from labelenh.errors import LabelenhError
+from labelenh.options import with_options
 
 H_VIEWS = "Views"
 H_STORE = "Store"
@@ -34,12 +36,11 @@ def _resumed_options(out: Path, overwrite: bool) -> dict | None:
 
 
 @with_view_options(H_VIEWS)
+@with_options(DataSettings)
 def export_soft_labels_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat for an ensemble (each teacher is stored separately).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The store to write, e.g. store.h5.", rich_help_panel=H_STORE)],
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
+    options: dict[str, Any] | None = None,
     aug: Annotated[str | None, typer.Option("--aug", help=f"View augmentation. {aug_help()}.", rich_help_panel=H_VIEWS)] = None,
     views: Annotated[int, typer.Option("--views", help=f"Views per sample (needs --aug); 0 = clean logits only; in {B.VIEWS.text()}.", rich_help_panel=H_VIEWS)] = 0,
     view_seed: Annotated[int, typer.Option("--view-seed", help=f"Seed of the view recipes, in {B.SEED.text()}.", rich_help_panel=H_VIEWS)] = 0,
@@ -57,14 +58,34 @@ def export_soft_labels_cmd(
     """Run teachers over the train split (clean + replayable views) into an HDF5 soft-label store.
 
     An interrupted export resumes when rerun with the same arguments."""
-    from labelenh.data import load_dataset, resolve_crop_pct
     from labelenh.distributed import init_from_env
-    from labelenh.store.export import export_soft_labels, human_bytes, load_teachers
+    from labelenh.store.export import export_soft_labels, load_teachers
     from labelenh.utils import resolve_device
 
-    if dataset is None:
+    _check_args(options or {}, aug, views, view_seed, view_flags or {}, batch_size, verify)
+    c.check_workers(workers)
+    dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
+    data = DataSettings.from_values(options).for_run(lambda: _resumed_options(out, overwrite))
+    bundle = data.load()
+    spec = None
+    if views:
+        spec = spec_from_flags(aug, view_flags or {}, defaults={"pad": bundle.crop_pad})
+    teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
+    meta = {"options": data.options(), **bundle.meta}
+    res = export_soft_labels(
+        out, teachers, bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
+        mean=bundle.mean, std=bundle.std, num_views=views, spec=spec, view_seed=view_seed, fmt=fmt,
+        chunk_size=batch_size, device=dev, amp=amp, overwrite=overwrite, dry_run=dry_run, verify=verify,
+        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta, workers=workers,
+    )
+    _print_result(res, out)
+
+
+def _check_args(options: dict, aug: str | None, views: int, view_seed: int, view_flags: dict,
+                batch_size: int | None, verify: int) -> None:
+    """The export's own flags, each on one line, before any data is read."""
+    if "dataset" not in options:
         raise LabelenhError("--dataset is required: the train split the teachers label (e.g. cifar10, npz:PATH)")
-    c.check_val_split(val_split)
     B.VIEWS.check(views, "--views")
     B.SEED.check(view_seed, "--view-seed")
     if aug is not None and views == 0:
@@ -76,34 +97,19 @@ def export_soft_labels_cmd(
     if view_flags and aug is None:
         raise LabelenhError(f"{', '.join(view_flags)} set(s) view options: pass --aug and --views too")
     if aug is not None:
-        probe = spec_from_flags(aug, view_flags or {})  # a bad view option fails before any data is read
+        probe = spec_from_flags(aug, view_flags)  # a bad view option fails before any data is read
         bad = probe.impl.check_views(probe, views)
         if bad:
             raise LabelenhError(f"--aug {aug} --views {views}: {bad}")
     if batch_size is not None:
         B.BATCH_SIZE.check(batch_size, "--batch-size")
-    c.check_workers(workers)
     if verify < 0:
         raise LabelenhError(f"--verify must be >= 0 rows, got {verify}")
-    dev = init_from_env(resolve_device(device))  # under torchrun: this rank's device, process group
-    crop_pct = resolve_crop_pct(dataset, crop_pct, lambda: _resumed_options(out, overwrite))
-    bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
-                          noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
-                          image_size=image_size, crop_pct=crop_pct)
-    spec = None
-    if views:
-        spec = spec_from_flags(aug, view_flags or {}, defaults={"pad": bundle.crop_pad})
-    teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
-    meta = {"options": {"val_split": val_split or 0.0, "split_seed": split_seed or 0, "noise": noise,
-                        "noisy_labels": noisy_labels, "noise_seed": noise_seed or 0, "image_size": image_size,
-                        "crop_pct": crop_pct},
-            **bundle.meta}
-    res = export_soft_labels(
-        out, teachers, bundle.train, dataset=bundle.name, num_classes=bundle.num_classes,
-        mean=bundle.mean, std=bundle.std, num_views=views, spec=spec, view_seed=view_seed, fmt=fmt,
-        chunk_size=batch_size, device=dev, amp=amp, overwrite=overwrite, dry_run=dry_run, verify=verify,
-        progress=sys.stderr.isatty() if progress is None else progress, dataset_meta=meta, workers=workers,
-    )
+
+
+def _print_result(res, out: Path) -> None:
+    from labelenh.store.export import human_bytes
+
     p = res.plan
     what = (f"N={p.num_samples} x (clean + {p.num_views} views) x {len(p.teachers)} teacher(s), "
             f"C={p.num_classes}, {p.fmt}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from labelenh.cli import common as c
+from labelenh.data.settings import DataSettings
+from labelenh.options import with_options
 
 store_app = typer.Typer(help="Inspect or verify a soft-label store.", no_args_is_help=True)
 
@@ -32,25 +34,19 @@ def info(
 
 
 @store_app.command("verify")
+@with_options(DataSettings)
 def verify(
     path: Annotated[Path, typer.Argument(help="The store (.h5).")],
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Structure, completeness, every chunk's checksums, a NaN/Inf and range scan and, with
     --dataset, the fingerprint against that dataset; exit 2 if bad."""
-    from labelenh.data import load_dataset, resolve_crop_pct
     from labelenh.store.derive import export_options
     from labelenh.store.inspect import verify_store
 
     bundle = None
-    if dataset is not None:
-        c.check_val_split(val_split)
-        crop_pct = resolve_crop_pct(dataset, crop_pct, lambda: export_options(path))
-        bundle = load_dataset(dataset, data_root, val_split=val_split or 0.0, split_seed=split_seed or 0,
-                              noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed or 0,
-                              image_size=image_size, crop_pct=crop_pct)
+    if "dataset" in (options or {}):
+        bundle = DataSettings.from_values(options).for_run(lambda: export_options(path)).load()
     r = verify_store(path, bundle.train if bundle else None,
                      num_classes=bundle.num_classes if bundle else None, dataset=bundle.name if bundle else None)
     fits = (f"fits {bundle.name} (N={r['num_samples']}, C={r['num_classes']}, fingerprint {r['fingerprint'][:12]}…)"
@@ -80,12 +76,11 @@ def _topk_errors(out: Path) -> None:
 
 
 @store_app.command("add-teacher")
+@with_options(DataSettings)
 def add_teacher_cmd(
     path: Annotated[Path, typer.Argument(help="The store (.h5) to add to; replaced when the add is complete.")],
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Run folder or checkpoint; repeat to add several.")],
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
+    options: dict[str, Any] | None = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name for teachers given as a plain state_dict.")] = None,
     device: c.Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help="auto | off | fp16 | bf16: as the store was computed.", rich_help_panel=c.H_RUN)] = "auto",
@@ -93,25 +88,20 @@ def add_teacher_cmd(
     """Run new teachers over exactly the store's clean samples and stored view recipes, and add
     them. The data defaults to the store's own (--dataset and its options as exported); an
     interrupted add resumes when rerun, and the store keeps its old teachers until it is done."""
-    from labelenh.data import load_dataset, resolve_crop_pct
     from labelenh.distributed import init_from_env
     from labelenh.store.derive import add_teacher, read_plan
     from labelenh.store.export import load_teachers
     from labelenh.utils import resolve_device
 
+    options = options or {}
     plan, _ = read_plan(path)
-    opts = stored = dict((plan.dataset_meta or {}).get("options") or {})
-    if dataset is not None:  # the user names the data: their options, not the export's
-        c.check_val_split(val_split)
-        opts = {"val_split": val_split, "split_seed": split_seed, "noise": noise, "noisy_labels": noisy_labels,
-                "noise_seed": noise_seed, "image_size": image_size}
+    stored = dict((plan.dataset_meta or {}).get("options") or {})
+    # the user names the data: their options, not the export's; the store's crop unless one is given
+    values = options if "dataset" in options else {**stored, "dataset": plan.dataset}
+    data = DataSettings.from_record({**values, "data_root": options.get("data_root"),
+                                     "crop_pct": options.get("crop_pct")}).for_run(lambda: stored)
     dev = init_from_env(resolve_device(device))
-    bundle = load_dataset(dataset or plan.dataset, data_root, val_split=opts.get("val_split") or 0.0,
-                          split_seed=opts.get("split_seed") or 0, noise=opts.get("noise"),
-                          noisy_labels=opts.get("noisy_labels"), noise_seed=opts.get("noise_seed") or 0,
-                          image_size=opts.get("image_size"),
-                          # the store's images: its crop unless one is given
-                          crop_pct=resolve_crop_pct(dataset or plan.dataset, crop_pct, lambda: stored))
+    bundle = data.load()
     teachers = load_teachers(teacher, dev, bundle.num_classes, model_name=model)
     res = add_teacher(path, teachers, bundle.train, device=dev, amp=amp, progress=sys.stderr.isatty())
     _report(res, path, f"added {', '.join(t.name for t in teachers)}")

@@ -17,7 +17,10 @@ from typer.core import TyperCommand
 
 from labelenh.cli import common as c
 from labelenh.cli.viewopts import aug_names
+from labelenh.data.settings import DataSettings
+from labelenh.engine import TrainConfig
 from labelenh.errors import LabelenhError
+from labelenh.options import with_options
 
 H_M = "Method"
 
@@ -129,6 +132,7 @@ def _method_help() -> str:
     return " | ".join(sorted(METHODS))
 
 
+@with_options(DataSettings, TrainConfig)
 def student(
     method: Annotated[str | None, typer.Option("--method", help=f"Target method: {_method_help()}", rich_help_panel=H_M)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Student model (see `labelenh teach --help`).", show_default="resnet20")] = None,
@@ -139,15 +143,7 @@ def student(
     param: Annotated[list[str] | None, typer.Option("--param", help="Any method parameter by its own name as KEY=VALUE (repeatable); `labelenh methods M` lists them.", rich_help_panel=H_M)] = None,
     init: c.Weights = None, reset_head: c.ResetHead = False,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A TOML file of these settings or a student run's config.json (repeats that run); flags override it.", show_default="none")] = None,
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
-    epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
-    nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
-    milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
-    patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
-    opt: c.Opt = None, model_ema: c.ModelEma = None, model_ema_decay: c.ModelEmaDecay = None,
-    compile: c.Compile = None, channels_last: c.ChannelsLast = None,
+    options: dict[str, Any] | None = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
@@ -157,68 +153,51 @@ def student(
     """Train a student against enhanced labels (SL, En-SL, KD-SL, ILS, ...) or a baseline."""
     from labelenh.loggers import parse_loggers
     from labelenh.student import StudentSettings, train_student
-    from labelenh.teach import DataSettings
 
     loggers = parse_loggers(log)
 
-    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "method", "aug", "store", "params", "weights",
+    rec = c.read_recipe(recipe, c.SETTINGS_KEYS | {"model", "method", "aug", "store", "params", "weights",
                                                               "reset_head", "teachers", "teacher"}, stage="student")
-    flags = dict(
-        model=model, method=method, aug=aug, store=str(store) if store else None, dataset=dataset,
-        data_root=data_root, val_split=val_split, split_seed=split_seed, noise=noise,
-        noisy_labels=noisy_labels, noise_seed=noise_seed, image_size=image_size, crop_pct=crop_pct, epochs=epochs,
-        batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs,
-        patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
-        opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
-        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
-        weights=str(init) if init else None, reset_head=reset_head or None,
-        teachers=teachers, teacher=list(teacher) if teacher else None,
-    )
+    flags = {**(options or {}), "model": model, "method": method, "aug": aug,
+             "store": str(store) if store else None, "weights": str(init) if init else None,
+             "reset_head": reset_head or None, "teachers": teachers, "teacher": list(teacher) if teacher else None}
     v = c.resolve(flags, rec)
-    c.check_val_split(v.get("val_split"))
     c.check_workers(workers)
-    if v.get("patience") and not v.get("val_split"):
-        raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
-    params = dict(rec.get("params") or {})
+    data = DataSettings.from_values(v)
     method_name = v.get("method", "vanilla")
-    from labelenh.methods import METHODS
-
-    opts = method_options()
-    for flag, value in (method_values or {}).items():
-        if value is None:
-            continue
-        key = opts[flag].keys.get(method_name)
-        if method_name in METHODS and key is None:
-            have = [f"--{p.option(k)}" for k, p in METHODS[method_name].params.items()]
-            raise LabelenhError(f"--{flag} does not apply to method {method_name!r} "
-                                f"(its parameters: {', '.join(have) or 'none'})")
-        if key is not None:  # an unknown --method is refused, by name, when the run is built
-            params[key] = value
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise LabelenhError(f"--param {item!r}: write it as KEY=VALUE, e.g. --param kl_reduction=batchmean")
-        params[key.strip()] = value.strip()
+    params = _method_params(method_name, dict(rec.get("params") or {}), method_values or {}, param or [])
     teachers = v.get("teachers")
-    train = c.train_config(v)
     s = StudentSettings(
         model=v.get("model", "resnet20"), method=method_name, params=params, store=v.get("store"),
         aug=v.get("aug"), teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
         online_teachers=[str(t) for t in v.get("teacher") or []], init=v.get("weights"),
-        reset_head=bool(v.get("reset_head")),
-        data=DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v}), train=train,
-        name=name, runs_dir=str(runs_dir), device=device, preload=preload, workers=workers, log=loggers,
-        log_every=log_every,
+        reset_head=bool(v.get("reset_head")), data=data, train=c.train_config(v), name=name,
+        runs_dir=str(runs_dir), device=device, preload=preload, workers=workers, log=loggers, log_every=log_every,
         scaled=v[c.SCALED],
     )
     summary = train_student(s, resume=resume)
-    from labelenh.evaluate import print_metrics
+    c.print_run(summary, Path(runs_dir) / summary["name"])
 
-    if summary["last"]["test"]:
-        print_metrics({summary["name"]: summary["last"]["test"]})
-    print(f"run folder: {Path(runs_dir) / summary['name']}")
-    from labelenh.distributed import env_rank
 
-    if env_rank() == 0:
-        c.note_without_temperature(summary, Path(runs_dir) / summary["name"])
+def _method_params(method: str, params: dict[str, Any], values: dict[str, Any], param: list[str]) -> dict[str, Any]:
+    """The method's parameters: a recipe's, then the generated method options given
+    ({option: value}), then `--param KEY=VALUE`; an option the method does not take is refused."""
+    from labelenh.methods import METHODS
+
+    opts = method_options()
+    for flag, value in values.items():
+        if value is None:
+            continue
+        key = opts[flag].keys.get(method)
+        if method in METHODS and key is None:
+            have = [f"--{p.option(k)}" for k, p in METHODS[method].params.items()]
+            raise LabelenhError(f"--{flag} does not apply to method {method!r} "
+                                f"(its parameters: {', '.join(have) or 'none'})")
+        if key is not None:  # an unknown --method is refused, by name, when the run is built
+            params[key] = value
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LabelenhError(f"--param {item!r}: write it as KEY=VALUE, e.g. --param kl_reduction=batchmean")
+        params[key.strip()] = value.strip()
+    return params

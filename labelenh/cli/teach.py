@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from labelenh import bounds as B
 from labelenh.cli import common as c
 from labelenh.cli.viewopts import aug_names
+from labelenh.data.settings import DataSettings
 from labelenh.distributed import env_rank
-from labelenh.engine import check_run_name
+from labelenh.engine import TrainConfig, check_run_name
 from labelenh.errors import LabelenhError
+from labelenh.options import with_options
 from labelenh.utils import write_json
+
+if TYPE_CHECKING:
+    from labelenh.teach import TeachSettings
 
 
 def register(app: typer.Typer) -> None:
     app.command("teach")(teach)
 
 
+@with_options(DataSettings, TrainConfig)
 def teach(
     model: Annotated[str | None, typer.Option("--model", help="resnet8/14/20/32/44/56/110, shallow, timm:NAME, torchvision:NAME", show_default="resnet20")] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="A teacher recipe TOML (see teachers/) or a run's config.json (repeats that run); flags override it.", show_default="none")] = None,
@@ -28,51 +34,25 @@ def teach(
     weights: c.Weights = None, reset_head: c.ResetHead = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help=f"Train one teacher per seed, e.g. 0,1,2 (an ensemble); each in {B.SEED.text()}.", show_default="--seed")] = None,
     aug: Annotated[str | None, typer.Option("--aug", help=f"Training views: {aug_names()}.", show_default="crop-flip")] = None,
-    dataset: c.Dataset = None, data_root: c.DataRoot = None, val_split: c.ValSplit = None,
-    split_seed: c.SplitSeed = None, noise: c.Noise = None, noisy_labels: c.NoisyLabels = None,
-    noise_seed: c.NoiseSeed = None, image_size: c.ImageSize = None, crop_pct: c.CropPct = None,
-    epochs: c.Epochs = None, batch_size: c.BatchSize = None, lr: c.Lr = None, momentum: c.Momentum = None,
-    nesterov: c.Nesterov = None, weight_decay: c.WeightDecay = None, schedule: c.Schedule = None,
-    milestones: c.Milestones = None, gamma: c.Gamma = None, warmup_epochs: c.Warmup = None,
-    patience: c.Patience = None, seed: c.Seed = None, amp: c.Amp = None, ece_bins: c.EceBins = None,
-    opt: c.Opt = None, model_ema: c.ModelEma = None, model_ema_decay: c.ModelEmaDecay = None,
-    compile: c.Compile = None, channels_last: c.ChannelsLast = None,
+    options: dict[str, Any] | None = None,
     device: c.Device = "auto", name: c.Name = None, runs_dir: c.RunsDir = Path("runs"), resume: c.Resume = False,
     log: c.Log = None, log_every: c.LogEvery = 50,
     workers: c.Workers = None,
 ) -> None:
     """Train a teacher on a dataset and report accuracy and calibration."""
     from labelenh.loggers import parse_loggers
-    from labelenh.teach import (
-        DataSettings,
-        TeachSettings,
-        default_run_name,
-        import_teacher,
-        train_teacher,
-    )
+    from labelenh.teach import TeachSettings, import_teacher
     from labelenh.views import ViewSpec
 
     loggers = parse_loggers(log)
-    rec = c.read_recipe(recipe, c.TRAIN_KEYS | c.DATA_KEYS | {"model", "aug", "weights", "reset_head"},
-                        stage="teach")
-    flags = dict(
-        model=model, aug=aug, dataset=dataset, data_root=data_root, val_split=val_split,
-        split_seed=split_seed, noise=noise, noisy_labels=noisy_labels, noise_seed=noise_seed,
-        image_size=image_size, crop_pct=crop_pct, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, milestones=milestones,
-        gamma=gamma, warmup_epochs=warmup_epochs, patience=patience, seed=seed, amp=amp, ece_bins=ece_bins,
-        opt=opt, model_ema=model_ema, model_ema_decay=model_ema_decay, compile=compile,
-        channels_last=channels_last, channels_last_cpu=True if channels_last else None,  # the flag: CPU too
-        weights=str(weights) if weights else None, reset_head=reset_head or None,
-    )
+    rec = c.read_recipe(recipe, c.SETTINGS_KEYS | {"model", "aug", "weights", "reset_head"}, stage="teach")
+    flags = {**(options or {}), "model": model, "aug": aug, "weights": str(weights) if weights else None,
+             "reset_head": reset_head or None}
     v = c.resolve(flags, rec)
-    c.check_val_split(v.get("val_split"))
     c.check_workers(workers)
     if name is not None:
         check_run_name(name)
-    if v.get("patience") and not v.get("val_split"):
-        raise LabelenhError("--patience needs a validation split: add --val-split 0.1")
-    data = DataSettings(**{k: v[k] for k in c.DATA_KEYS if k in v})
+    data = DataSettings.from_values(v)
     model_name = v.get("model", "resnet20")
     if checkpoint is not None:
         if seeds or resume:
@@ -94,28 +74,31 @@ def teach(
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds else [train.seed]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise LabelenhError(f"--seeds must list distinct integers, got {seeds!r}")
+    _train_members(base, seed_list, resume=resume)
+
+
+def _train_members(base: TeachSettings, seeds: list[int], *, resume: bool) -> None:
+    """One teacher per seed (every member's name checked before the first one trains), and the
+    ensemble's index when there are several."""
+    from labelenh.teach import default_run_name, train_teacher
+
+    runs_dir = Path(base.runs_dir)
     names = {}
-    for s in seed_list:  # every member checked before the first one trains
+    for s in seeds:
         B.SEED.check(s, "--seeds")
-        names[s] = check_run_name(_member_name(name, s, len(seed_list), model_name, data.dataset))
-        if not resume and (Path(runs_dir) / names[s] / "checkpoint.pt").exists():
-            raise LabelenhError(f"run folder {Path(runs_dir) / names[s]} already holds a run: pass --resume "
+        names[s] = check_run_name(_member_name(base.name, s, len(seeds), base.model, base.data.dataset))
+        if not resume and (runs_dir / names[s] / "checkpoint.pt").exists():
+            raise LabelenhError(f"run folder {runs_dir / names[s]} already holds a run: pass --resume "
                                 "to continue it or a new --name")
-    members = []
-    for s in seed_list:
-        settings = replace(base, train=replace(train, seed=s), name=names[s])
-        summary = train_teacher(settings, resume=resume)
-        members.append(names[s])
-        _print_table(names[s], summary["last"]["test"])
-        print(f"run folder: {Path(runs_dir) / names[s]}")
-        if env_rank() == 0:
-            c.note_without_temperature(summary, Path(runs_dir) / names[s])
-    if len(seed_list) > 1 and env_rank() == 0:
-        index = name or default_run_name("ensemble", model_name, data.dataset, seed_list[0])
-        write_json(Path(runs_dir) / index / "ensemble.json",
-                   {"members": [str(Path(runs_dir) / m) for m in members], "seeds": seed_list,
-                    "model": model_name, "dataset": data.dataset})
-        print(f"ensemble index: {Path(runs_dir) / index / 'ensemble.json'}")
+    for s in seeds:
+        summary = train_teacher(replace(base, train=replace(base.train, seed=s), name=names[s]), resume=resume)
+        c.print_run(summary, runs_dir / names[s])
+    if len(seeds) > 1 and env_rank() == 0:
+        index = base.name or default_run_name("ensemble", base.model, base.data.dataset, seeds[0])
+        write_json(runs_dir / index / "ensemble.json",
+                   {"members": [str(runs_dir / names[s]) for s in seeds], "seeds": seeds,
+                    "model": base.model, "dataset": base.data.dataset})
+        print(f"ensemble index: {runs_dir / index / 'ensemble.json'}")
 
 
 def _member_name(name: str | None, seed: int, members: int, model: str, dataset: str) -> str:
