@@ -30,6 +30,7 @@ from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
 from labelenh.plots import write_reliability as _write_reliability
 from labelenh.rng import derive_seed
+from labelenh.sources import Sources, open_store, plan_sources
 from labelenh.store.dataset import StoreBatches
 from labelenh.teach import (
     dataset_record,
@@ -38,9 +39,7 @@ from labelenh.teach import (
     recorded_data,
     recorded_train,
 )
-from labelenh.views import ViewSpec, get_op, names_views_of
-from labelenh.views import augments as _augments  # --aug changes the image: the store's views
-from labelenh.views.ops import default_base
+from labelenh.views import ViewSpec, get_op
 
 
 @dataclass
@@ -76,28 +75,19 @@ class StudentSettings:
 
 class StudentTask:
     """Builds each batch's images and method inputs with `StoreBatches` (the same path users
-    get from `labelenh.store`). Under --aug each sample shows one of the store's views per
-    epoch, chosen from (seed, epoch, sample) alone (`epoch_views`), so resume and DDP replay
-    exactly; without --aug it shows a fresh crop/flip view with the clean-sample logits."""
+    get from `labelenh.store`), from the sources `plan` names (labelenh.sources). With the
+    store's views each sample shows one of them per epoch, chosen from (seed, epoch, sample)
+    alone (`epoch_views`), so resume and DDP replay exactly."""
 
-    def __init__(self, pipe: ImagePipeline, method: Method, settings: StudentSettings, store: Any,
+    def __init__(self, pipe: ImagePipeline, method: Method, plan: Sources, seed: int, store: Any,
                  teacher_ids: list[str] | None, online: list[nn.Module]) -> None:
-        self.pipe, self.method, self.s = pipe, method, settings
+        self.pipe, self.method, self.plan = pipe, method, plan
         self.store, self.teacher_ids, self.online = store, teacher_ids, online
-        self.seed = settings.train.seed
         self.eval_splits = pipe.eval_splits()
         self.steps_per_epoch = pipe.steps_per_epoch()
-        # a store method given --teacher runs that teacher online instead of reading the store
-        self.runs_online = bool(online)
-        self.uses_store = method.teacher == "store" and not self.runs_online
-        self.store_views = store is not None and _augments(settings.aug)
-        # Views drawn on the fly when not replaying the store's: the default base op (crop/flip)
-        # by default, no augmentation for the identity op, or any op for the hard-label methods
-        # without a store.
-        op = default_base().name if settings.aug is None else settings.aug
-        spec = None if self.store_views else ViewSpec.build(op, {"pad": pipe.bundle.crop_pad})
-        self.batches = StoreBatches(store, pipe.train, aug=self.store_views, teachers=teacher_ids,
-                                    seed=self.seed, spec=spec, logits=self.uses_store,
+        spec = None if plan.images == "store" else ViewSpec.build(plan.op, {"pad": pipe.bundle.crop_pad})
+        self.batches = StoreBatches(store, pipe.train, aug=plan.images == "store", teachers=teacher_ids,
+                                    seed=seed, spec=spec, logits=plan.logits == "store",
                                     num_classes=pipe.bundle.num_classes, device=pipe.device)
         # one object: the pipeline keeps a loader per maker
         self.make_images = functools.partial(self.batches.images, uint8_ok=True)
@@ -114,7 +104,7 @@ class StudentTask:
 
     def loss(self, model: nn.Module, batch: Batch):
         inp: MethodInputs = batch.inputs
-        if self.runs_online:
+        if self.plan.logits == "online":
             with torch.no_grad():
                 # [B, M, C]: the online teachers see exactly the student's input
                 inp.teacher_logits = torch.stack([t(batch.x).float() for t in self.online], dim=1)
@@ -136,45 +126,6 @@ class StudentTask:
         self.method.load_state_dict(state.get("method") or {})
 
 
-def open_store(s: StudentSettings, method: Method, pipe: ImagePipeline, warn=print) -> tuple[Any, list[str] | None]:
-    """Open and check the store against the method, the dataset, --aug and --teachers."""
-    needs = method.teacher == "store" and not s.online_teachers
-    if s.store is None and _augments(s.aug) and needs:
-        raise LabelenhError(f"--aug {s.aug} with method {method.name!r} trains on a store's views: pass "
-                            f"--store STORE.h5 exported with --aug {s.aug} --views N")
-    if s.store is None:
-        if needs:
-            raise LabelenhError(f"method {method.name!r} reads soft labels: pass --store STORE.h5 "
-                                "(made by `labelenh export-soft-labels`)")
-        if s.teachers:
-            raise LabelenhError("--teachers selects teachers inside a store: pass --store too")
-        return None, None
-    from labelenh.store import SoftLabelStore
-
-    # Lazily (preload=False) every process maps the file itself and reads only the rows of its
-    # batches: under DDP, this rank's slice of each epoch.
-    store = SoftLabelStore.open(s.store, preload=s.preload)
-    b = pipe.bundle
-    store.check_dataset(b.name, b.train.fingerprint(), len(b.train), b.num_classes)
-    ids = None
-    if s.teachers:
-        missing = [t for t in s.teachers if t not in store.teachers]
-        if missing:
-            raise LabelenhError(f"--teachers: {', '.join(missing)} not in {s.store}; it holds "
-                                f"{', '.join(store.teachers)}")
-        ids = list(s.teachers)
-    if _augments(s.aug):
-        have = store.view_spec if (store.view_spec is not None and store.num_views) else None
-        if have is None or not names_views_of(s.aug, have):
-            held = f"views of {have.describe()}" if have is not None else "no views"
-            raise LabelenhError(f"--aug {s.aug}: {s.store} holds {held}; "
-                                f"export with --aug {s.aug} or drop --aug")
-        if store.num_views < s.train.epochs and dist.is_main():
-            warn(f"labelenh: warning: the store has {store.num_views} views for {s.train.epochs} epochs: views "
-                 "will repeat (pre-computed teachers overfit in that regime; export more --views)")
-    return store, ids
-
-
 def build_task(s: StudentSettings, device: torch.device | None = None, warn=None) -> StudentTask:
     """Check the settings against the method, the dataset and the store, and build the task
     (everything but the model and the engine). Bad input raises LabelenhError before any file
@@ -188,18 +139,14 @@ def build_task(s: StudentSettings, device: torch.device | None = None, warn=None
         get_op(s.aug)  # an unknown op: one line listing the registered ones
     bundle = s.data.load()
     method = build_method(s.method, bundle.num_classes, **s.params)
-    if method.teacher == "online" and not s.online_teachers:
-        raise LabelenhError(f"method {s.method!r} runs a teacher every step: pass --teacher RUN_OR_CKPT")
-    if method.teacher == "none" and s.online_teachers:
-        raise LabelenhError(f"--teacher runs a teacher online; {s.method!r} uses none")
-    if method.teacher == "store" and s.online_teachers and s.store:
-        raise LabelenhError(f"--teacher runs {s.method!r}'s teacher online and --store reads it from a store: "
-                            "pass one of them")
+    plan = plan_sources(s.method, method.teacher, aug=s.aug, store=s.store, online=s.online_teachers,
+                        teachers=s.teachers)
     pipe = ImagePipeline(bundle, device, batch_size=s.train.batch_size,
                          eval_batch_size=s.train.eval_batch_size, seed=s.train.seed, workers=s.workers)
-    store, ids = open_store(s, method, pipe, warn=warn)
+    store, ids = open_store(s.store, plan, bundle, aug=s.aug, teachers=s.teachers, preload=s.preload,
+                            epochs=s.train.epochs, warn=warn)
     online = [load_teacher(t, device, num_classes=bundle.num_classes)[0] for t in s.online_teachers]
-    return StudentTask(pipe, method, s, store, ids, online)
+    return StudentTask(pipe, method, plan, s.train.seed, store, ids, online)
 
 
 def _keep_older_method_record(cfg: dict[str, Any], method: Method, run_dir: Path) -> None:
@@ -223,12 +170,13 @@ def _describe(s: StudentSettings, task: StudentTask, bundle: Any, method: Method
     rows = [describe_data(bundle), ("method", f"{method.name}" + (f" ({params})" if params else ""))]
     if task.store is not None:
         views = (f"its views ({task.store.view_spec.describe()}, {task.store.num_views} per sample)"
-                 if task.store_views and task.store.view_spec is not None else "clean logits, fresh crop/flip views")
+                 if task.plan.images == "store" and task.store.view_spec is not None
+                 else f"clean logits, {task.plan.describe()}")
         rows.append(("store", f"{s.store}: teachers {', '.join(task.teacher_ids or task.store.teachers)}; {views}"))
     elif s.online_teachers:
-        rows.append(("teachers", f"online: {', '.join(s.online_teachers)}"))
+        rows.append(("teachers", f"online: {', '.join(s.online_teachers)}; {task.plan.describe()}"))
     else:
-        rows.append(("views", "none" if s.aug == "none" else f"{s.aug or 'crop-flip'}, drawn on the fly"))
+        rows.append(("views", task.plan.describe()))
     if s.init:
         rows.append(("weights", f"{s.init}{' (classifier reset)' if s.reset_head else ''}"))
     rows += [("note", text) for text in s.scaled.values() if text]
