@@ -476,7 +476,7 @@ class TeacherProbe:
     under the engine's autocast, on channels-last input when the engine uses it."""
 
     def __init__(self, c: Check, cfg: Config, teachers: list[nn.Module], task: Any) -> None:
-        from labelenh.engine import autocast_dtype
+        from labelenh.amp import autocast_dtype
 
         self.c, self.teachers, self.steps = c, teachers, c.sizes.steps
         self.dtype = autocast_dtype(cfg.amp, c.device)

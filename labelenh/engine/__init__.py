@@ -4,10 +4,13 @@ The engine knows nothing of datasets, views or stores: a *task* hands it batches
 carry what the loss needs, and computes the loss. The engine owns the optimiser, the learning
 rate schedule, AMP/channels-last, evaluation, checkpoints, resume and early stopping.
 
-    config   TrainConfig: the training settings and their checks
-    optim    the optimiser (timm) and the learning rate at a step
-    runs     the files of a run folder and the names it may have
-    core     Batch, the Task protocol, predict, and the Engine loop
+    config     TrainConfig: the training settings and their checks
+    optim      the optimiser (timm) and the learning rate at a step
+    runs       the files of a run folder and the names it may have
+    core       Batch, the Task protocol, and the Engine loop
+    evaluation predict, and the metrics of the evaluation splits (temperature scaling on val)
+    records    a run's records: checkpoint state, resume, the run folder's files, the summary
+    progress   the progress bar and the line printed after each epoch
 """
 
 from labelenh.engine.config import (
@@ -18,7 +21,8 @@ from labelenh.engine.config import (
     cpu_channels_last,
     with_memory_format,
 )
-from labelenh.engine.core import Batch, Engine, FitResult, Task, predict
+from labelenh.engine.core import Batch, Engine, FitResult, Task
+from labelenh.engine.evaluation import predict
 from labelenh.engine.optim import build_optimizer, learning_rate
 from labelenh.engine.runs import NAME_MAX_BYTES, RUN_FILES, check_run_name
 
