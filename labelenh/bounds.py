@@ -67,6 +67,7 @@ EPOCHS = Bound(1, 10**6, integer=True, why="a run that long never ends")
 BATCH_SIZE = Bound(1, 2**16, integer=True, why="per process; larger batches do not fit in memory")
 PATIENCE = Bound(0, 10**6, integer=True)
 WARMUP_EPOCHS = Bound(0, 10**6, integer=True)
+GRAD_CLIP = Bound(0, 1e4, why="a gradient norm; 0 turns clipping off")
 MOMENTUM = Bound(0, 1, hi_open=True, why="a momentum of 1 never forgets a gradient")
 GAMMA = Bound(0, 1, lo_open=True, why="the factor the rate is multiplied by at each milestone")
 # An EMA decay of 0 copies the weights every step and 1 never moves: both are no average.

@@ -8,15 +8,22 @@ import re
 
 import pytest
 import typer
+from clitools import run_cli
 from typer.testing import CliRunner
 
 from labelenh import bounds as B
 from labelenh.data.settings import DataSettings
 from labelenh.engine import LEGACY_TRAIN, TrainConfig
 from labelenh.errors import LabelenhError
-from labelenh.options import check_values, declared, flag, legacy_values, option, value_types, with_options
-
-from clitools import run_cli
+from labelenh.options import (
+    check_values,
+    declared,
+    flag,
+    legacy_values,
+    option,
+    value_types,
+    with_options,
+)
 
 COMMANDS = {  # command -> the settings classes whose flags it takes
     ("teach",): (TrainConfig, DataSettings),

@@ -74,6 +74,9 @@ class TrainConfig:
                                        "evaluated each epoch (`ema` in metrics.jsonl) and checkpointed.")
     model_ema_decay: float = _opt(0.9998, legacy=0.9998, bound=B.EMA_DECAY,  # timm's train.py default
                                   help="EMA decay per step, in {range}.")
+    grad_clip: float = _opt(0.0, legacy=0.0, bound=B.GRAD_CLIP,
+                            help="Clip the gradients' global L2 norm to this value before each step (after "
+                                 "AMP unscaling, as timm's --clip-grad); 0 = off; in {range}.")
     compile: bool = _opt(False, legacy=False, help="torch.compile the training model (a compile at start; faster steps on GPUs).")
     # channels_last on CPU as well: None = where it was measured faster (`cpu_channels_last`); runs
     # recorded before it applied on CPU (no such key) keep it off there
