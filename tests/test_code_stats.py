@@ -18,3 +18,21 @@ def test_no_backward_or_private_imports():
     assert found["private"] == []
     assert dict(rows)["labelenh.store imports of labelenh.methods"] == "0"
     assert options  # the training options were found (TrainConfig, DataSettings)
+
+
+def test_step_files_traces_the_student_step_through_the_package():
+    """scripts/step_files.py: the files one student step enters, from a real trace."""
+    import step_files
+
+    from labelenh.data.settings import DataSettings
+    from labelenh.engine import Engine, TrainConfig
+    from labelenh.student import StudentSettings
+
+    s = StudentSettings(model="resnet8", method="ls", data=DataSettings(dataset="synthetic:10:40", image_size=16),
+                        train=TrainConfig(epochs=2, batch_size=16, milestones=[5]), device="cpu")
+    files = step_files.traced_files(s, Engine)
+    for must in ("labelenh/student.py", "labelenh/pipeline.py", "labelenh/engine/core.py",
+                 "labelenh/methods/smoothing.py", "labelenh/models/cifar_resnet.py"):
+        assert must in files, files
+    assert all(f.startswith("labelenh/") and f.endswith(".py") for f in files)
+    assert "labelenh/teach.py" not in files and "labelenh/store/reader.py" not in files  # not on this path
