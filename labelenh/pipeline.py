@@ -85,14 +85,17 @@ class ImagePipeline:
             for idx in batches:
                 yield idx, as_float_images(make(idx, epoch))
             return
-        for idx, out in zip(batches, self._run(make, epoch, batches), strict=True):
+        # the workers go on to the next epoch's batches while this one ends
+        made = self._run(make, epoch, batches, upcoming=(epoch + 1, self.epoch_batches(epoch + 1)))
+        for idx, out in zip(batches, made, strict=True):
             yield idx, tuple(t.to(self.device, non_blocking=True) for t in out)
 
-    def _run(self, make: MakeBatch, epoch: int, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _run(self, make: MakeBatch, epoch: int, batches: list[torch.Tensor],
+             upcoming: tuple[int, list[torch.Tensor]] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         if id(make) not in self._loaders:  # `make` kept alongside, so its id stays its own
             pin = self.device.type == "cuda"
             self._loaders[id(make)] = (make, BatchLoader(make, self.workers, pin_memory=pin))
-        return self._loaders[id(make)][1].run(epoch, batches)
+        return self._loaders[id(make)][1].run(epoch, batches, upcoming)
 
     def steps_per_epoch(self) -> int:
         return len(self.epoch_batches(0))

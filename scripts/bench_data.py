@@ -11,8 +11,9 @@ Prints one JSON line per case, then a markdown table of the four ratios:
   3. export    (decode each image once + 8 bare teacher forwards of the same batches) time ÷
                the time of an export of V = 8 rrc views (+ the clean image); and the decodes the
                export makes now against the path that decoded per view
-  4. overlap   a student step on lazy folder data (1 worker, 1 torch thread) ÷ the same step on
-               batches made beforehand, with a model whose step is slower than decoding
+  4. overlap   student steps on lazy folder data (1 worker, 1 torch thread; 3 consecutive epochs
+               from a new loader, as training runs them) ÷ the same steps on batches made
+               beforehand, with a model whose step is slower than decoding
   rss          peak RSS of an export (V = 2 rrc views, C = 1000, decode threads on) of all files
                ÷ of a quarter of them, each in a fresh process
 
@@ -212,9 +213,11 @@ def bench_export(bundle, work: Path) -> dict:
                  "fewer_decodes": round(decodes_before / max(decodes_part, 1), 2)})
 
 
-def bench_overlap(bundle) -> dict:
+def bench_overlap(bundle, epochs: int = 3) -> dict:
     """Student steps: lazy folder batches (1 worker decodes on the other core) vs the same
-    batches made beforehand, one torch thread for the model."""
+    batches made beforehand, one torch thread for the model. A lazy block is `epochs`
+    consecutive epochs from a new loader, as training runs them (its start and its first
+    batch's wait included; later epochs' first batches are made while the one before ends)."""
     from labelenh.pipeline import ImagePipeline
     from labelenh.store.dataset import StoreBatches
     from labelenh.views import ViewSpec
@@ -229,29 +232,34 @@ def bench_overlap(bundle) -> dict:
         loss.backward()
         opt.step()
 
-    pipe = ImagePipeline(bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=1)
     batches = StoreBatches(None, bundle.train, aug=False, spec=ViewSpec("rrc"), num_classes=bundle.num_classes)
     make = functools.partial(batches.images, uint8_ok=True)
-    premade = [out for _, out in pipe.made_batches(1, make)]
+    pipe = ImagePipeline(bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=1)
+    premade = [out for _, out in pipe.made_batches(0, make)]
+    del pipe  # its workers stop
 
     def lazy():
-        for _, (x, w) in pipe.made_batches(1, make):
-            step(x, w)
+        fresh = ImagePipeline(bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=1)
+        for e in range(1, epochs + 1):
+            for _, (x, w) in fresh.made_batches(e, make):
+                step(x, w)
 
     def ready():
-        for x, w in premade:
-            step(x, w)
+        for _ in range(epochs):
+            for x, w in premade:
+                step(x, w)
 
     ready()  # warm the allocator and the model
     t_ready, t_lazy = [], []
     for _ in range(ROUNDS):  # interleaved, medians
         t_ready.append(timed(ready))
         t_lazy.append(timed(lazy))
-    t_decode = timed(lambda: [make(idx, 1) for idx in pipe.epoch_batches(1)])
+    t_decode = timed(lambda: [make(idx, 1) for idx in ImagePipeline(
+        bundle, torch.device("cpu"), batch_size=BATCH, seed=0, workers=0).epoch_batches(1)])
     r, z = float(np.median(t_ready)), float(np.median(t_lazy))
-    return emit({"case": "overlap", "images": len(bundle.train), "step_premade_s": [round(t, 2) for t in t_ready],
-                 "step_lazy_s": [round(t, 2) for t in t_lazy], "decode_render_alone_s": round(t_decode, 2),
-                 "ratio": round(z / r, 3)})
+    return emit({"case": "overlap", "images": len(bundle.train), "epochs_per_block": epochs,
+                 "step_premade_s": [round(t, 2) for t in t_ready], "step_lazy_s": [round(t, 2) for t in t_lazy],
+                 "decode_render_one_epoch_s": round(t_decode, 2), "ratio": round(z / r, 3)})
 
 
 def peak_rss_mib() -> float:

@@ -208,3 +208,54 @@ def test_two_gloo_ranks_train_the_same_teacher_with_0_and_2_workers(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "checkpoint.pt", weights_only=False)["model"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _marking_make(folder):
+    """A picklable-by-fork make that leaves a file per job it made: which jobs a worker ran."""
+    def make(idx, epoch):
+        (folder / f"e{epoch}-i{int(idx[0])}").touch()
+        g = torch.Generator().manual_seed(int(idx[0]) + 1000 * epoch)
+        return (torch.randint(0, 256, (len(idx), 3, 4, 4), generator=g).float(), idx.clone())
+    return make
+
+
+def _epoch(e: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(e)
+    return list(torch.randperm(24, generator=g).split(4))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_the_next_epoch_queued_ahead_gives_the_same_batches(tmp_path, workers):
+    """Passes that run on into the next epoch, passes that start afresh (a repeated epoch, an
+    abandoned pass), and a new loader per epoch all give the same batches."""
+    make = _marking_make(tmp_path)
+    loader = BatchLoader(make, workers)
+    want = {e: [make(idx, e) for idx in _epoch(e)] for e in range(4)}
+
+    def check(got, e):
+        assert len(got) == len(want[e])
+        for (x, i), (wx, wi) in zip(got, want[e], strict=True):
+            assert torch.equal(x, wx) and torch.equal(i, wi)
+
+    check(list(loader.run(0, _epoch(0), upcoming=(1, _epoch(1)))), 0)
+    check(list(loader.run(1, _epoch(1), upcoming=(2, _epoch(2)))), 1)  # continues
+    check(list(loader.run(1, _epoch(1), upcoming=(2, _epoch(2)))), 1)  # not what was queued: afresh
+    part = loader.run(2, _epoch(2), upcoming=(3, _epoch(3)))
+    next(part)  # abandoned after one batch
+    part.close()
+    check(list(loader.run(2, _epoch(2), upcoming=(3, _epoch(3)))), 2)
+    check(list(loader.run(3, _epoch(3))), 3)
+    check(list(BatchLoader(make, workers).run(3, _epoch(3))), 3)
+
+
+def test_workers_start_on_the_next_epoch_before_it_is_asked_for(tmp_path):
+    import time
+
+    loader = BatchLoader(_marking_make(tmp_path), 1)
+    for _ in loader.run(0, _epoch(0), upcoming=(1, _epoch(1))):
+        pass
+    first = tmp_path / f"e1-i{int(_epoch(1)[0][0])}"
+    deadline = time.monotonic() + 60
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "the worker did not start on epoch 1 while the main process was elsewhere"

@@ -8,12 +8,14 @@ and hands back the finished images. Recipes come from (seed, epoch, sample, view
 batch is bit-identical whichever worker (or the main process, `workers=0`) made it.
 
 Workers persist across epochs (forking and opening files again each epoch costs seconds on
-ImageNet), prefetch `PREFETCH` batches each, and the host tensors are pinned on CUDA so the copy
-to the device overlaps the model's step.
+ImageNet), prefetch `PREFETCH` batches each, run on into the next epoch's batches while this one
+ends and the model is evaluated (so an epoch does not start by waiting for its first batch),
+and the host tensors are pinned on CUDA so the copy to the device overlaps the model's step.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -96,18 +98,23 @@ class _Jobs(torch.utils.data.Dataset):
             return _Failed(str(e))
 
 
-class _JobList(torch.utils.data.Sampler):
-    """The current epoch's jobs, set by the main process before each pass; persistent workers
-    never see it (the main process sends them the items)."""
+class _JobQueue(torch.utils.data.Sampler):
+    """The jobs the main process has queued: this pass's, then the next pass's, so the workers
+    run on into the next epoch while this one ends and while the model is evaluated.
+    Persistent workers never see it (the main process sends them the items)."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[int, torch.Tensor]] = []
+        self.jobs: collections.deque[tuple[int, torch.Tensor]] = collections.deque()
 
     def __iter__(self):
-        return iter(self.jobs)
+        while self.jobs:
+            yield self.jobs.popleft()
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+
+Jobs = Sequence[torch.Tensor]
 
 
 class BatchLoader:
@@ -115,20 +122,47 @@ class BatchLoader:
 
     `make` returns a tuple whose first element is the images (0..255 [B, C, H, W], float or
     uint8); it must be picklable when the start method is not fork. Batches come back in order,
-    on the CPU (pinned when `pin_memory`), the images as float32."""
+    on the CPU (pinned when `pin_memory`), the images as float32.
+
+    `run(epoch, batches, upcoming=(epoch + 1, next_batches))` also queues the next pass: the
+    workers start on it as soon as they have room, and the next `run` with exactly those
+    batches continues where this one stopped. Any other call starts afresh (what was
+    prefetched for it is dropped), so the batches never depend on what was queued before."""
 
     def __init__(self, make: MakeBatch, workers: int, *, pin_memory: bool = False) -> None:
         self.workers = int(workers)
-        self._jobs = _JobList()
+        self._queue = _JobQueue()
         self._loader = torch.utils.data.DataLoader(
-            _Jobs(make), batch_size=None, sampler=self._jobs, num_workers=self.workers,
+            _Jobs(make), batch_size=None, sampler=self._queue, num_workers=self.workers,
             persistent_workers=self.workers > 0, pin_memory=pin_memory,
             prefetch_factor=PREFETCH if self.workers > 0 else None,
         )
+        self._items: Iterator[Any] | None = None
+        self._queued: tuple[int, Jobs] | None = None  # the pass `_items` runs on into
 
-    def run(self, epoch: int, batches: Sequence[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
-        self._jobs.jobs = [(int(epoch), idx) for idx in batches]
-        for item in self._loader:
+    def _continues(self, epoch: int, batches: Jobs) -> bool:
+        q = self._queued
+        return (self._items is not None and q is not None and q[0] == epoch and len(q[1]) == len(batches)
+                and all(torch.equal(a, b) for a, b in zip(q[1], batches, strict=True)))
+
+    def run(self, epoch: int, batches: Jobs, upcoming: tuple[int, Jobs] | None = None
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+        if not self._continues(epoch, batches):
+            self._queue.jobs.clear()
+            self._queue.jobs.extend((int(epoch), idx) for idx in batches)
+            self._items = None
+        self._queued = None  # set again only once this pass is consumed to its end
+        if upcoming is not None:
+            self._queue.jobs.extend((int(upcoming[0]), idx) for idx in upcoming[1])
+        if self._items is None:
+            self._items = iter(self._loader)
+        for _ in range(len(batches)):
+            item = next(self._items)
             if isinstance(item, _Failed):
+                self._items = None
                 raise LabelenhError(item.message)
             yield _unpack(item)
+        if upcoming is not None:
+            self._queued = (int(upcoming[0]), list(upcoming[1]))
+        else:
+            self._items = None  # the queue is empty: the next pass starts a new iteration
