@@ -210,8 +210,8 @@ def check_config(config: Any, path: str | Path) -> None:
     their types: they are turned back into DataSettings/TrainConfig (evaluate, resume)."""
     if not isinstance(config, dict):
         return
+    from labelenh.data.settings import DataSettings
     from labelenh.engine import TrainConfig
-    from labelenh.teach import DataSettings
 
     for part, cls in (("data", DataSettings), ("train", TrainConfig)):
         if part not in config:

@@ -30,15 +30,15 @@ from labelenh.models import build_model
 from labelenh.pipeline import ImagePipeline
 from labelenh.plots import write_reliability as _write_reliability
 from labelenh.rng import derive_seed
-from labelenh.sources import Sources, open_store, plan_sources
-from labelenh.store.dataset import StoreBatches
-from labelenh.teach import (
+from labelenh.runrecord import (
     dataset_record,
     default_run_name,
     describe_data,
     recorded_data,
     recorded_train,
 )
+from labelenh.sources import Sources, open_store, plan_sources
+from labelenh.store.dataset import StoreBatches
 from labelenh.views import ViewSpec, get_op
 
 

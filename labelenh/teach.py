@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from labelenh.checkpoint import (
     save_checkpoint,
     state_dict_of,
 )
-from labelenh.data import DatasetBundle
 from labelenh.data.settings import DataSettings  # noqa: F401 - recorded runs and callers import it from here
 from labelenh.devices import resolve_device
 from labelenh.engine import Batch, Engine, TrainConfig, check_run_name, predict, with_memory_format
@@ -32,6 +30,14 @@ from labelenh.pipeline import ImagePipeline
 from labelenh.plots import write_reliability as _write_reliability
 from labelenh.provenance import environment
 from labelenh.rng import derive_seed
+from labelenh.runrecord import (  # noqa: F401 - callers of earlier versions import them from here
+    HOW_KEYS,
+    dataset_record,
+    default_run_name,
+    describe_data,
+    recorded_data,
+    recorded_train,
+)
 from labelenh.temperature import fit_temperature, scaled_metrics
 from labelenh.views import ViewSpec
 
@@ -57,22 +63,6 @@ class TeachSettings:
         return {"stage": "teach", "model": self.model, "data": asdict(self.data),
                 "train": asdict(self.train), "aug": self.aug, "weights": self.weights,
                 "reset_head": self.reset_head}
-
-
-def default_run_name(prefix: str, model: str, dataset: str, seed: int) -> str:
-    ds = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset.split(":", 1)[-1]).stem if ":" in dataset else dataset)
-    return f"{prefix}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}-{ds}-s{seed}"
-
-
-def dataset_record(bundle: DatasetBundle) -> dict[str, Any]:
-    """What a checkpoint and a store remember of the data they were made from."""
-    return {
-        "name": bundle.name,
-        "num_classes": bundle.num_classes,
-        "num_train": len(bundle.train),
-        "train_fingerprint": bundle.train.fingerprint(),
-        "meta": bundle.meta,
-    }
 
 
 class TeacherTask:
@@ -119,60 +109,6 @@ def _recorded_aug(s: TeachSettings, path: Path) -> TeachSettings:
         return s
     old = (read_checkpoint(path).get("config") or {}).get("aug")
     return replace(s, aug=old) if old != s.aug and same_spec(old, s.aug) else s
-
-
-HOW_KEYS = ("channels_last", "channels_last_cpu", "compile")
-
-
-def recorded_train(train: TrainConfig, run_dir: Path, scaled: dict[str, str]) -> tuple[TrainConfig, dict[str, str]]:
-    """The train settings a resumed run continues with: the recorded values of those derived from
-    --epochs (a resume that grows --epochs keeps its schedule), and, for settings the record
-    predates and the caller left at their defaults, the value the run trained with
-    (`LEGACY_TRAIN`). Returns them and the notes that still hold."""
-    from dataclasses import fields
-
-    from labelenh.engine import LEGACY_TRAIN
-
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        return train, scaled
-    stored = (read_checkpoint(path).get("config") or {}).get("train")
-    if not isinstance(stored, dict):
-        return train, scaled
-    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
-    changes: dict[str, Any] = {}
-    notes = dict(scaled)
-    for key in scaled:
-        if key in stored:
-            changes[key] = stored[key]
-            notes[key] = f"{key} {stored[key]} as the run recorded them"
-    for key, old in LEGACY_TRAIN.items():
-        if key not in stored and getattr(train, key) == defaults[key]:
-            changes[key] = old
-    for key in HOW_KEYS:
-        # how the steps run, not what they compute: a resume left at the defaults keeps the
-        # recorded choice (a different memory format would change the low bits of every step)
-        if key in stored and getattr(train, key) == defaults[key]:
-            changes[key] = stored[key]
-    return replace(train, **changes).validate(), notes
-
-
-def describe_data(bundle: DatasetBundle) -> tuple[str, str]:
-    """The start-up summary's line about the data."""
-    sizes = [f"{len(bundle.train):,} train"]
-    if bundle.val is not None:
-        sizes.append(f"{len(bundle.val):,} val")
-    sizes.append(f"{len(bundle.test):,} test")
-    c, h, w = bundle.train.image_shape
-    return "data", f"{bundle.name}: {', '.join(sizes)}, {bundle.num_classes} classes, {c}x{h}x{w}"
-
-
-def recorded_data(path: Path) -> dict[str, Any] | None:
-    """The data settings a run's checkpoint records, None when there is no checkpoint."""
-    if not path.is_file():
-        return None
-    data = (read_checkpoint(path).get("config") or {}).get("data")
-    return data if isinstance(data, dict) else {}
 
 
 def train_teacher(s: TeachSettings, *, resume: bool = False, on_epoch_end=None) -> dict[str, Any]:
