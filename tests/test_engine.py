@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from lineartask import LinearTask
 
 from labelenh.engine import TrainConfig, learning_rate
 from labelenh.errors import LabelenhError
@@ -91,7 +92,7 @@ def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
     assert [h["test"]["nll"] for h in hist_a] == [h["test"]["nll"] for h in hist_b]
 
 
-class _AntiTask:
+class _AntiTask(LinearTask):
     """Learns y = [x0 > 0] on train, while validation holds the opposite labels: every epoch of
     progress makes validation NLL worse, so early stopping must trigger at a known epoch."""
 
@@ -110,21 +111,8 @@ class _AntiTask:
             sl = slice(64 * i, 64 * (i + 1))
             yield Batch(x=self.x[sl], labels=self.y[sl], inputs=None)
 
-    def loss(self, model, batch):
-        z = model(batch.x)
-        return z, {"ce": torch.nn.functional.cross_entropy(z, batch.labels)}
-
     def eval_batches(self, split, shard=(0, 1)):
         yield self.x, (1 - self.y) if split == "val" else self.y
-
-    def epoch_end(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 def test_early_stopping_on_validation_nll(tmp_path):

@@ -7,44 +7,13 @@ import json
 
 import torch
 from clitools import run_cli
+from lineartask import LinearTask
 from torch import nn
 
-from labelenh.engine import Batch, Engine, TrainConfig
+from labelenh.engine import Engine, TrainConfig
 
 
-class _Task:
-    """Two fixed batches of a linear model whose gradients are large: the clip always acts."""
-
-    eval_splits = ("test",)
-    steps_per_epoch = 2
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.x = 50 * torch.randn(64, 4, generator=g)
-        self.y = torch.randint(0, 3, (64,), generator=g)
-
-    def train_batches(self, epoch):
-        for i in range(2):
-            yield Batch(x=self.x[32 * i:32 * (i + 1)], labels=self.y[32 * i:32 * (i + 1)])
-
-    def loss(self, model, batch):
-        logits = model(batch.x)
-        return logits, {"ce": nn.functional.cross_entropy(logits, batch.labels)}
-
-    def eval_batches(self, split, shard=(0, 1)):
-        return [(self.x, self.y)]
-
-    def epoch_end(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
-def _by_hand(model: nn.Linear, task: _Task, lr: float, clip: float) -> dict[str, torch.Tensor]:
+def _by_hand(model: nn.Linear, task: LinearTask, lr: float, clip: float) -> dict[str, torch.Tensor]:
     """Plain SGD with each step's gradient scaled by min(1, clip / ||g||_2) (global norm)."""
     w = {k: v.detach().clone().requires_grad_(True) for k, v in model.state_dict().items()}
     for batch in task.train_batches(0):
@@ -58,7 +27,7 @@ def _by_hand(model: nn.Linear, task: _Task, lr: float, clip: float) -> dict[str,
 
 
 def test_grad_clip_scales_each_step_to_the_norm(tmp_path):
-    task = _Task()
+    task = LinearTask(batches=2, scale=50.0)
     for clip in (0.5, 0.0):
         torch.manual_seed(0)
         model = nn.Linear(4, 3)

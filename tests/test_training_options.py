@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 from clitools import assert_one_line_error, run_cli
+from lineartask import LinearTask
 from torch import nn
 
 from labelenh.cli.common import SCALED, resolve
-from labelenh.engine import Batch, Engine, TrainConfig, build_optimizer
+from labelenh.engine import Engine, TrainConfig, build_optimizer
 from labelenh.errors import LabelenhError
 from labelenh.schedules import scale_milestones, scale_warmup
 from labelenh.teach import DataSettings, TeachSettings, train_teacher
@@ -194,42 +195,9 @@ def test_sgd_steps_exactly_as_torch_sgd_with_decay_everywhere(nesterov):
     assert _same_tensors(oa.state_dict()["state"], ob.state_dict()["state"])
 
 
-class _LinearTask:
-    """A fixed sequence of batches for a linear model: the EMA can be recomputed by hand."""
-
-    eval_splits = ("test",)
-    steps_per_epoch = 3
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.x, self.y = torch.randn(96, 4, generator=g), torch.randint(0, 3, (96,), generator=g)
-        self.seen: list[dict[str, torch.Tensor]] = []
-
-    def train_batches(self, epoch):
-        for i in range(3):
-            sl = slice(32 * i, 32 * (i + 1))
-            yield Batch(x=self.x[sl], labels=self.y[sl])
-
-    def loss(self, model, batch):
-        logits = model(batch.x)
-        return logits, {"ce": nn.functional.cross_entropy(logits, batch.labels)}
-
-    def eval_batches(self, split, shard=(0, 1)):
-        return [(self.x, self.y)]
-
-    def epoch_end(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def test_ema_follows_timms_rule(tmp_path):
     """EMA_1 = w_1 (timm's first update copies), then EMA_t = d EMA_(t-1) + (1 - d) w_t."""
-    task = _LinearTask()
+    task = LinearTask()
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     cfg = TrainConfig(epochs=2, lr=0.1, milestones=[5], model_ema=True, model_ema_decay=0.9, eval_every=1)
