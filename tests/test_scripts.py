@@ -5,6 +5,7 @@ stores) instead of refusing them."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -182,3 +183,35 @@ def test_cifar100_driver_dry_run(monkeypatch, tmp_path, capsys):
     plus = next(c for c in students if flag(c, "--name") == ["resnet20-aug-sl+-s0"])
     assert flag(plus, "--schedule")[-1] == "long" and flag(plus, "--aug") == ["ricap"]
     assert all(flag(c, "--data-root") == [str(tmp_path)] for c in cmds if c[1] != "report")
+
+
+def _fake_run(folder: Path, acc: float, ece: float, ece_ts: float, train_acc: float = 1.0, t: float = 2.0) -> None:
+    folder.mkdir(parents=True)
+    test = {"acc1": acc, "nll": 1.0, "ece": ece, "ece_ts": ece_ts, "brier": 0.5, "temperature": t}
+    (folder / "summary.json").write_text(json.dumps({"last": {"epoch": 30, "test": test}, "best": {"epoch": 9}}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 30, "train_acc": train_acc, "test": test}) + "\n")
+
+
+def test_converged_summary_decides_by_twice_the_standard_error(tmp_path):
+    import converged_summary as cs
+
+    runs = tmp_path / "clean" / "runs"
+    for s, (a, e) in enumerate([(0.50, 0.20), (0.51, 0.21), (0.49, 0.19)]):
+        _fake_run(runs / f"vanilla-s{s}", a, e, 0.03)
+        _fake_run(runs / f"kd-sl-s{s}", a + 0.05, 0.02 + s * 0.001, 0.02)  # clearly better on both
+        _fake_run(runs / f"ls-s{s}", a + (0.01 if s else -0.01), e, 0.03)  # within the spread
+    _fake_run(runs / "dkd-s0", 0.9, 0.01, 0.01)  # one seed: nothing decided
+    (runs / "dist-s0").mkdir()  # unfinished: no summary.json, left out
+    text = cs.summarize(tmp_path, ["vanilla", "ls", "kd-sl", "dkd", "dist"])
+    lines = {ln.split("**")[1]: ln for ln in text.splitlines() if ln.startswith("- **")}
+    assert "accuracy higher than vanilla" in lines["kd-sl"] and "ECE lower than vanilla (" in lines["kd-sl"]
+    assert "ECE lower than vanilla + TS" in lines["kd-sl"]  # 2.1 % against vanilla's 3.0 % after TS
+    assert "accuracy no clear difference" in lines["ls"]
+    assert "not decided (one seed)" in lines["dkd"] and "dist" not in lines
+    assert "the converged, over-confident regime was reached" in text
+    assert "| kd-sl | 70.75 / 0.019 | acc higher, ECE lower | 55.0 / 0.021 | acc higher, ECE lower | yes |" in text
+    assert "| ls | 69.43 / 0.053 | acc same, ECE lower | 50.3 / 0.200 | acc same, ECE same | accuracy only |" in text
+    # below 99 % train accuracy the regime is not claimed
+    for s in range(3):
+        (runs / f"vanilla-s{s}" / "metrics.jsonl").write_text(json.dumps({"train_acc": 0.9}) + "\n")
+    assert "the regime was NOT reached" in cs.summarize(tmp_path, ["vanilla"])
