@@ -20,6 +20,13 @@ def test_no_backward_or_private_imports():
     assert options  # the training options were found (TrainConfig, DataSettings)
 
 
+def test_no_long_function_class_or_module():
+    """Units a newcomer can read: no function over 60 lines, class over 200, module over 400."""
+    _, found, _ = code_stats.measure(ROOT / "labelenh")
+    assert found["f60"] == [] and found["c200"] == [] and found["m400"] == [], (
+        found["f60"], found["c200"], found["m400"])
+
+
 def test_step_files_traces_the_student_step_through_the_package():
     """scripts/step_files.py: the files one student step enters, from a real trace."""
     import step_files
