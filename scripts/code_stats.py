@@ -16,7 +16,11 @@ Prints one table:
   or function parameter called `name`, a call keyword `name=`, a string `"name"` (dict keys,
   `getattr`) or a string holding the flag `--name-with-dashes` (typer options, messages).
   Plain reads (`cfg.name`) are uses, not spellings, and are not counted. The table gives the
-  median and the largest count over the options; `--list` prints each.
+  median and the largest count over the options; `--list` prints each;
+- places a training option is declared or carried by hand: the same count restricted to the
+  dataclass field, `--flag` strings anywhere (messages, other commands' options of the same
+  name) and any spelling inside `labelenh.cli` (typer parameters, flag dicts, keywords), the
+  help's example command lines left out. 1 is the declaration alone.
 """
 
 from __future__ import annotations
