@@ -14,6 +14,8 @@ Prints one JSON line per case, then a markdown table of the four ratios:
   4. overlap   student steps on lazy folder data (1 worker, 1 torch thread; 3 consecutive epochs
                from a new loader, as training runs them) ÷ the same steps on batches made
                beforehand, with a model whose step is slower than decoding
+  contention   (`--only contention`) the model step of figure 4 alone on CPU 0, beside a
+               pure-Python loop on CPU 1, and beside JPEG decoding on CPU 1
   rss          peak RSS of an export (V = 2 rrc views, C = 1000, decode threads on) of all files
                ÷ of a quarter of them, each in a fresh process
 
@@ -262,6 +264,70 @@ def bench_overlap(bundle, epochs: int = 3) -> dict:
                  "decode_render_one_epoch_s": round(t_decode, 2), "ratio": round(z / r, 3)})
 
 
+def _burn(kind: str, files: list[Path], stop) -> None:
+    """On CPU 1 until `stop`: a pure-Python loop (no memory traffic) or decoding + resizing
+    JPEGs (what a loader worker does)."""
+    from PIL import Image
+
+    os.sched_setaffinity(0, {1})
+    while not stop.is_set():
+        if kind == "alu":
+            sum(range(10_000))
+            continue
+        for f in files:
+            if stop.is_set():
+                break
+            with Image.open(f) as im:
+                im.convert("RGB").resize((SIZE, SIZE))
+
+
+def bench_contention(bundle) -> dict:
+    """What slows the model's step beside a decoding worker (figure 4): the step on CPU 0 (one
+    torch thread) alone, beside a pure-Python loop on CPU 1, and beside JPEG decoding on CPU
+    1. Interleaved rounds, medians."""
+    import multiprocessing as mp
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return emit({"case": "contention", "skipped": "needs two CPUs and sched_setaffinity"})
+    torch.set_num_threads(1)
+    model = teacher_model(bundle.num_classes, width=128)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.rand(BATCH, 3, SIZE, SIZE, generator=g) * 255, torch.randint(0, bundle.num_classes, (BATCH,))
+
+    def steps(n: int = 8) -> float:
+        def one():
+            loss = torch.nn.functional.cross_entropy(model(x / 255.0), w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        one()
+        return timed(lambda: [one() for _ in range(n)]) / n
+
+    files = [bundle.train.root / p for p in bundle.train.paths[:200]]
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    out: dict[str, list[float]] = {"alone": [], "beside_alu": [], "beside_decode": []}
+    try:
+        for _ in range(ROUNDS):
+            for key in out:
+                stop, proc = mp.Event(), None
+                if key != "alone":
+                    proc = mp.Process(target=_burn, args=(key.split("_")[1], files, stop))
+                    proc.start()
+                    time.sleep(0.5)
+                out[key].append(steps())
+                if proc is not None:
+                    stop.set()
+                    proc.join()
+    finally:
+        os.sched_setaffinity(0, mine)
+    med = {k: float(np.median(v)) for k, v in out.items()}
+    return emit({"case": "contention", **{f"{k}_s_per_step": [round(t, 3) for t in v] for k, v in out.items()},
+                 "alu_ratio": round(med["beside_alu"] / med["alone"], 3),
+                 "decode_ratio": round(med["beside_decode"] / med["alone"], 3)})
+
+
 def peak_rss_mib() -> float:
     """Peak RSS of this process since its exec (VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -352,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         if "overlap" in only:
             o = bench_overlap(bundle)
             rows.append(("4. student step, lazy folder ÷ pre-made tensors", o["ratio"], "≤ 1.05"))
+        if "contention" in only:
+            c = bench_contention(bundle)
+            if "decode_ratio" in c:
+                rows += [("4'. model step beside a decoding process ÷ alone", c["decode_ratio"], "—"),
+                         ("4''. model step beside a pure-Python loop ÷ alone", c["alu_ratio"], "—")]
         if "rss" in only:
             r = bench_rss(root, [n // 4, n], tmp)
             rows.append((f"peak RSS of an export, N = {n:,} ÷ N = {n // 4:,} (V = 2, C = 1000)", r["ratio"], "≤ 1.1"))
