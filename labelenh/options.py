@@ -126,7 +126,7 @@ def value_types(cls: type) -> dict[str, type]:
     return {name: _base(hints[name]) for name in declared(cls)}
 
 
-def _parameter(cls: type, field: dataclasses.Field, opt: Option, hint: Any) -> inspect.Parameter:
+def _parameter(field: dataclasses.Field, opt: Option, hint: Any) -> inspect.Parameter:
     base = opt.cli_type or _base(hint)
     name = opt.flag_for(field.name)
     decls = [f"{name}/--no-{name[2:]}" if base is bool else name, *opt.aliases]
@@ -150,7 +150,7 @@ def parameters(sources: Iterable[type | tuple[type, Iterable[str]]]) -> list[ins
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name, opt in declared(cls).items():
             if opt.cli and (names is None or name in names):
-                out.append(_parameter(cls, fields[name], opt, hints[name]))
+                out.append(_parameter(fields[name], opt, hints[name]))
     return out
 
 
@@ -169,13 +169,15 @@ def with_options(*sources: type | tuple[type, Iterable[str]]) -> Callable:
             raise TypeError(f"{fn.__name__}: parameters {sorted(clash)} are also declared options")
         names = {p.name for p in extra}
 
+        classes = [src[0] if isinstance(src, tuple) else src for src in sources]
+
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            given = {k: v for k in list(kwargs) if k in names and (v := kwargs.pop(k)) is not None}
-            for src in sources:  # ranges now; choices once presets and recipes are applied
-                decl = declared(src[0] if isinstance(src, tuple) else src)
-                check_values(src[0] if isinstance(src, tuple) else src,
-                             {k: v for k, v in given.items() if k in decl and decl[k].cli_type is None},
+            flags = {k: kwargs.pop(k) for k in names & kwargs.keys()}
+            given = {k: v for k, v in flags.items() if v is not None}
+            for cls in classes:  # ranges now; choices once presets and recipes are applied
+                decl = declared(cls)
+                check_values(cls, {k: v for k, v in given.items() if k in decl and decl[k].cli_type is None},
                              choices=False)
             return fn(**kwargs, options=given)
 
