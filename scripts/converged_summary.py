@@ -97,7 +97,11 @@ def differs(a: list[float], b: list[float]) -> int | None:
     return (d > 2 * se) - (d < -2 * se)
 
 
-WORDS = {1: "higher", -1: "lower", 0: "no clear difference", None: "not decided (one seed)"}
+def verdict(sign: int | None, better: int) -> str:
+    """How a comparison reads: `better` is the sign that wins (+1 accuracy, -1 ECE)."""
+    if sign is None:
+        return "undecided (one seed)"
+    return "ties" if sign == 0 else "beats" if sign == better else "loses to"
 
 
 def table(rows: dict[str, Row], order: list[str]) -> list[str]:
@@ -136,11 +140,10 @@ def statements(rows: dict[str, Row], order: list[str]) -> list[str]:
         acc = differs(r.values["acc1"], v.values["acc1"])
         ece = differs(r.values["ece"], v.values["ece"])
         ts = differs(r.values["ece"], v.values["ece_ts"])
-        beats_acc = {1: "beats vanilla", -1: "loses to vanilla", 0: "ties vanilla"}.get(acc, "undecided")
-        out.append(f"- **{m}**: accuracy {WORDS[acc]} than vanilla ({100 * (r.mean('acc1') - v.mean('acc1')):+.2f} "
-                   f"points; {beats_acc}); ECE {WORDS[ece]} than vanilla ({100 * r.mean('ece'):.1f} vs "
-                   f"{100 * v.mean('ece'):.1f} %); ECE {WORDS[ts]} than vanilla + TS "
-                   f"({100 * v.mean('ece_ts'):.1f} %).")
+        out.append(f"- **{m}**: accuracy {100 * (r.mean('acc1') - v.mean('acc1')):+.2f} points, "
+                   f"{verdict(acc, 1)} vanilla (and vanilla + TS, whose accuracy is vanilla's); ECE "
+                   f"{100 * r.mean('ece'):.1f} %, {verdict(ece, -1)} vanilla ({100 * v.mean('ece'):.1f} %) and "
+                   f"{verdict(ts, -1)} vanilla + TS ({100 * v.mean('ece_ts'):.1f} %).")
     return out
 
 
