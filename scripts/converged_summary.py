@@ -100,7 +100,7 @@ def differs(a: list[float], b: list[float]) -> int | None:
 def verdict(sign: int | None, better: int) -> str:
     """How a comparison reads: `better` is the sign that wins (+1 accuracy, -1 ECE)."""
     if sign is None:
-        return "undecided (one seed)"
+        return "is undecided (one seed) against"
     return "ties" if sign == 0 else "beats" if sign == better else "loses to"
 
 

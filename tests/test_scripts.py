@@ -208,7 +208,7 @@ def test_converged_summary_decides_by_twice_the_standard_error(tmp_path):
     assert "beats vanilla + TS (3.0 %)" in lines["kd-sl"]  # 2.1 % against vanilla's 3.0 % after TS
     assert "points, ties vanilla" in lines["ls"] and "ties vanilla (20.0 %)" in lines["ls"]
     assert "loses to vanilla + TS" in lines["ls"]  # 20 % against 3 %
-    assert "undecided (one seed)" in lines["dkd"] and "dist" not in lines
+    assert "is undecided (one seed) against vanilla" in lines["dkd"] and "dist" not in lines
     assert "the converged, over-confident regime was reached" in text
     assert "| kd-sl | 70.75 / 0.019 | acc higher, ECE lower | 55.0 / 0.021 | acc higher, ECE lower | yes |" in text
     assert "| ls | 69.43 / 0.053 | acc same, ECE lower | 50.3 / 0.200 | acc same, ECE same | accuracy only |" in text
