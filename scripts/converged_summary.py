@@ -1,4 +1,5 @@
-"""The converged budget's tables and claims, from its run folders (finished runs only).
+"""The converged budget's tables and claims, from its run folders (finished runs only) or, for
+runs whose folders are gone (they are not kept in git), from the half's `report/runs.csv`.
 
     python scripts/converged_summary.py results/cifar10-mini-converged [--out FILE]
 
@@ -17,6 +18,7 @@ For each half (clean, noisy-sym0.4) that has runs:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -69,19 +71,43 @@ def read_run(folder: Path) -> dict[str, float] | None:
     return out
 
 
-def collect(runs: Path) -> dict[str, Row]:
-    """{method: Row} over the finished runs named METHOD-sSEED, in name order."""
+def read_report(csv_path: Path) -> dict[str, dict[str, float]]:
+    """{run name: the same figures as read_run} from a report's runs.csv (test split). Reports
+    written before runs.csv had train columns give no train accuracy (NaN)."""
+    if not csv_path.is_file():
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    with csv_path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["split"] != "test":
+                continue
+            got = out.setdefault(r["run"], {})
+            if r["epoch_kind"] == "best":
+                got["best_epoch"] = float(r["epoch"])
+                continue
+            got.update({k: float(r[k]) for k in ("acc1", "nll", "ece", "ece_ts", "brier", "temperature") if r.get(k)})
+            got["train_acc"] = float(r.get("train_acc") or "nan")
+    return out
+
+
+def collect(half: Path) -> dict[str, Row]:
+    """{method: Row} over the finished runs named METHOD-sSEED, in name order: the run folder
+    under half/runs where there is one, else the run's lines in half/report/runs.csv."""
+    runs = half / "runs"
+    found = read_report(half / "report" / "runs.csv")
+    for folder in sorted(runs.iterdir() if runs.is_dir() else []):
+        got = read_run(folder) if folder.is_dir() else None
+        if got is not None:
+            found[folder.name] = got
     rows: dict[str, Row] = {}
-    for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
-        method, sep, seed = folder.name.rpartition("-s")
+    for name in sorted(found):
+        method, sep, seed = name.rpartition("-s")
         if not sep or not seed.isdigit():
             continue
-        got = read_run(folder)
-        if got is None:
-            continue
         row = rows.setdefault(method, Row(method))
-        for k, v in got.items():
-            row.values.setdefault(k, []).append(v)
+        for k, v in found[name].items():
+            if not math.isnan(v):  # not recorded (an older report's train accuracy)
+                row.values.setdefault(k, []).append(v)
     return rows
 
 
@@ -119,6 +145,8 @@ def regime(rows: dict[str, Row]) -> str:
     v = rows.get("vanilla")
     if v is None:
         return "Regime: no finished vanilla run yet."
+    if not v.values.get("train_acc"):
+        return "Regime: vanilla's train accuracy was not recorded; whether the regime was reached is unknown."
     acc, t = v.mean("train_acc"), v.mean("temperature")
     reached = acc >= 0.99 and t > 1
     return (f"Regime: vanilla's last-epoch train accuracy {100 * acc:.1f} %, fitted T {t:.2f}, test ECE "
@@ -179,10 +207,9 @@ def paper(rows: dict[str, Row]) -> list[str]:
 def summarize(root: Path, order: list[str] | None = None) -> str:
     parts = []
     for half, title in HALVES.items():
-        runs = root / half / "runs"
-        if not runs.is_dir():
+        rows = collect(root / half)
+        if not rows:
             continue
-        rows = collect(runs)
         names = [m for m in (order or sorted(rows)) if m in rows] + [m for m in sorted(rows) if m not in (order or [])]
         names = list(dict.fromkeys(names))
         students = [m for m in names if m != "teacher"]

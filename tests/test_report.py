@@ -46,7 +46,7 @@ def write_run(folder: Path, config, last, best, *, selected_by="test_acc1", epoc
                "train_time_s": 1.0, "config": config, "env": {}}
     (folder / "summary.json").write_text(json.dumps(summary))
     if gen is not None:
-        lines = [{"epoch": e, "lr": 0.1, "train_loss": float(gen.uniform(0.5, 2)), "train_acc": 0.5,
+        lines = [{"epoch": e, "lr": 0.1, "train_loss": float(gen.uniform(0.5, 2)), "train_acc": float(gen.uniform(0.3, 1)),
                   "train_time_s": 0.1, "test": metrics(gen)} for e in range(1, epochs + 1)]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return summary
@@ -274,6 +274,10 @@ def test_missing_metrics_are_counted_not_invented(tmp_path):
     assert row.stat("last", "acc1").n == 2 and row.stat("best", "acc1").mean is None
     line = to_markdown([row]).splitlines()[2]
     assert f"{100 * full['ece']:.2f} (n=1)" in line and "| — |" in line
+    from labelenh.report.table import to_tidy_csv
+
+    # without metrics.jsonl the train columns stay empty rather than invented
+    assert {r["train_acc"] for r in csv.DictReader(io.StringIO(to_tidy_csv([row])))} == {""}
 
 
 def test_tidy_csv_has_one_line_per_run_epoch_kind_and_split(runs, tmp_path):
@@ -292,6 +296,9 @@ def test_tidy_csv_has_one_line_per_run_epoch_kind_and_split(runs, tmp_path):
         for k in TIDY_METRICS:
             assert (float(rec[k]) == want[k]) if k in want else (rec[k] == ""), k
         assert rec["selected_by"] == ("test_acc1" if rec["epoch_kind"] == "best" else "")
+        # the train columns are that epoch's line of metrics.jsonl
+        line = json.loads((parent / rec["run"] / "metrics.jsonl").read_text().splitlines()[int(rec["epoch"]) - 1])
+        assert float(rec["train_loss"]) == line["train_loss"] and float(rec["train_acc"]) == line["train_acc"]
     written = write_report([parent], tmp_path / "o", plots=False, diagrams=False)
     assert [p.name for p in written.files] == ["report.md", "report.csv", "runs.csv"]
 

@@ -4,6 +4,7 @@ stores) instead of refusing them."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import shlex
@@ -216,3 +217,40 @@ def test_converged_summary_decides_by_twice_the_standard_error(tmp_path):
     for s in range(3):
         (runs / f"vanilla-s{s}" / "metrics.jsonl").write_text(json.dumps({"train_acc": 0.9}) + "\n")
     assert "the regime was NOT reached" in cs.summarize(tmp_path, ["vanilla"])
+
+
+def test_converged_summary_reads_the_report_where_run_folders_are_gone(tmp_path):
+    """Run folders are not kept in git: a half's report/runs.csv stands in for them, and a run
+    folder that is present wins over the report's line for the same run."""
+    import converged_summary as cs
+
+    from labelenh.report import aggregate, collect_runs
+    from labelenh.report.table import to_tidy_csv
+
+    gone = tmp_path / "made"
+    for s in range(3):
+        cfg = {"stage": "student", "method": "vanilla", "model": "resnet8", "data": {"dataset": "synthetic"},
+               "train": {"seed": s, "epochs": 30}}
+        _fake_run(gone / f"vanilla-s{s}", 0.5 + s / 100, 0.2, 0.03, train_acc=0.995)
+        summary = json.loads((gone / f"vanilla-s{s}" / "summary.json").read_text())
+        summary.update(name=f"vanilla-s{s}", config=cfg)
+        summary["best"].update(selected_by="val_nll", test=summary["last"]["test"])
+        (gone / f"vanilla-s{s}" / "summary.json").write_text(json.dumps(summary))
+    half = tmp_path / "clean"
+    (half / "report").mkdir(parents=True)
+    (half / "report" / "runs.csv").write_text(to_tidy_csv(aggregate(collect_runs([gone]))))
+    rows = cs.collect(half)
+    assert rows["vanilla"].values["acc1"] == pytest.approx([0.50, 0.51, 0.52])
+    assert rows["vanilla"].values["train_acc"] == [0.995] * 3 and rows["vanilla"].values["best_epoch"] == [9.0] * 3
+    assert "the converged, over-confident regime was reached" in cs.regime(rows)
+    _fake_run(half / "runs" / "vanilla-s1", 0.7, 0.1, 0.02, train_acc=0.9)
+    assert cs.collect(half)["vanilla"].values["acc1"] == pytest.approx([0.50, 0.70, 0.52])
+    # an older report without train columns: the regime is not guessed
+    with (half / "report" / "runs.csv").open(newline="") as f:
+        lines = [{k: v for k, v in r.items() if not k.startswith("train_")} for r in csv.DictReader(f)]
+    with (half / "report" / "runs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(lines[0]))
+        w.writeheader()
+        w.writerows(lines)
+    (half / "runs" / "vanilla-s1" / "summary.json").unlink()
+    assert "is unknown" in cs.regime(cs.collect(half))

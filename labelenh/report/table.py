@@ -21,6 +21,9 @@ LABELS = {"acc1": "Acc@1 (%)", "acc5": "Acc@5 (%)", "nll": "NLL", "ece": "ECE (%
 PERCENT = {"acc1", "acc5", "ece", "ece_ts", "mce"}  # in percent, as the original papers' tables
 DASH = "—"
 TIDY_METRICS = (*METRIC_KEYS, *(f"{k}_ts" for k in TS_KEYS), "temperature", "n")
+# the epoch's own training figures (metrics.jsonl): whether a run reached the converged regime
+# (train accuracy near 1) is read next to its test metrics
+TRAIN_METRICS = ("train_acc", "train_loss")
 
 
 @dataclass
@@ -207,7 +210,7 @@ def to_csv(rows: list[Row]) -> str:
 
 def tidy_header() -> list[str]:
     return ["run", "method", "model", "teachers", "dataset", "settings", "seed", "epoch_kind", "epoch",
-            "selected_by", "split", *TIDY_METRICS, "path"]
+            "selected_by", "split", *TIDY_METRICS, *TRAIN_METRICS, "path"]
 
 
 def to_tidy_csv(rows: list[Row]) -> str:
@@ -218,6 +221,7 @@ def to_tidy_csv(rows: list[Row]) -> str:
     w.writerow(tidy_header())
     for r in rows:
         for run in r.runs:
+            epochs = {rec["epoch"]: rec for rec in run.history()[0]}
             for kind in EPOCHS:
                 entry = run.summary.get(kind) or {}
                 for split in ("test", "val"):
@@ -228,6 +232,7 @@ def to_tidy_csv(rows: list[Row]) -> str:
                     w.writerow([run.name, r.method, r.model, r.teachers, r.dataset, r.settings,
                                 "" if run.seed is None else run.seed, kind, entry.get("epoch", ""),
                                 selected or "", split, *(_number(m.get(k)) for k in TIDY_METRICS),
+                                *(_number(epochs.get(entry.get("epoch"), {}).get(k)) for k in TRAIN_METRICS),
                                 str(run.path)])
     return buf.getvalue()
 
