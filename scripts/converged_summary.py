@@ -1,5 +1,5 @@
 """The converged budget's tables and claims, from its run folders (finished runs only) or, for
-runs whose folders are gone (they are not kept in git), from the half's `report/runs.csv`.
+runs whose folders are gone (run folders are git-ignored), from the half's `report/runs.csv`.
 
     python scripts/converged_summary.py results/cifar10-mini-converged [--out FILE]
 
