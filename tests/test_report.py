@@ -355,3 +355,61 @@ def test_reliability_bins_below_the_minimum_count_are_hatched(tmp_path):
     low_conf = float(z[200].softmax(0).max())
     assert drawn["xxx"] == pytest.approx([np.floor(low_conf * 10) / 10])  # 3 samples: hatched
     assert drawn[None] == pytest.approx([0.9])  # 200 samples: drawn plainly
+
+
+def test_students_started_from_the_seeds_of_one_run_form_one_row(tmp_path):
+    """gls after a CE warm-up: seed k starts from vanilla-sk/best.pt. The init paths differ per
+    seed, the run they name does not: one row, its settings naming the run with the seed as *."""
+    gen = np.random.default_rng(5)
+    for seed in (0, 1):
+        write_run(tmp_path / f"vanilla-s{seed}", student_config("vanilla", seed, store=None),
+                  metrics(gen), metrics(gen))
+    for seed in (0, 1):
+        cfg = student_config("gls", seed, store=None, lr=1e-6)
+        cfg.update(params={"r": -0.2}, init=str(tmp_path / f"vanilla-s{seed}" / "best.pt"))
+        write_run(tmp_path / f"gls-warm-s{seed}", cfg, metrics(gen), metrics(gen))
+    # the same method from scratch, and two starts that name no run (kept apart, as before)
+    write_run(tmp_path / "gls-s0", {**student_config("gls", 0, store=None), "params": {"r": -0.2}},
+              metrics(gen), metrics(gen))
+    for k in (0, 1):
+        cfg = {**student_config("gls", 0, store=None, lr=1e-6), "params": {"r": -0.2},
+               "init": f"/nowhere/run{k}/best.pt"}
+        write_run(tmp_path / f"gls-lost{k}", cfg, metrics(gen), metrics(gen))
+    rows = [r for r in aggregate(collect_runs([tmp_path])) if r.method == "gls"]
+    warm = [r for r in rows if "vanilla-s*" in r.settings]
+    assert len(warm) == 1 and sorted(r.name for r in warm[0].runs) == ["gls-warm-s0", "gls-warm-s1"]
+    assert 'init="vanilla-s*/best.pt (' in warm[0].settings
+    lost = [r for r in rows if "/nowhere/" in r.settings]
+    assert len(lost) == 2 and all(len(r.runs) == 1 for r in lost)
+    assert len(rows) == 4
+    # a vanilla run of another config (another lr) is another start: another row
+    other = tmp_path / "other"
+    write_run(other / "vanilla-s2", student_config("vanilla", 2, store=None, lr=0.5), metrics(gen), metrics(gen))
+    cfg = {**student_config("gls", 2, store=None, lr=1e-6), "params": {"r": -0.2},
+           "init": str(other / "vanilla-s2" / "best.pt")}
+    write_run(tmp_path / "gls-warm-s2", cfg, metrics(gen), metrics(gen))
+    rows = [r for r in aggregate(collect_runs([tmp_path])) if r.method == "gls"]
+    assert sorted(len(r.runs) for r in rows if "vanilla-s*" in r.settings) == [1, 2]
+
+
+def test_long_row_names_are_wrapped_in_the_figures(tmp_path, monkeypatch):
+    import labelenh.plots
+
+    gen = np.random.default_rng(6)
+    for lr, epochs in ((0.1, 30), (1e-6, 8)):
+        cfg = student_config("gls", 0, store=None, lr=lr)
+        cfg.update(params={"r": -0.2}, init=None if epochs == 30 else "/some/where/a/long/path/best.pt")
+        cfg["train"]["epochs"] = epochs
+        write_run(tmp_path / f"gls-{epochs}", cfg, metrics(gen), metrics(gen))
+    seen = {}
+    monkeypatch.setattr(labelenh.plots, "accuracy_ece_scatter",
+                        lambda points, path, **kw: seen.setdefault("names", {p[0] for p in points}))
+    from labelenh.report.figures import scatter
+
+    rows = aggregate(collect_runs([tmp_path]))
+    assert max(len(r.label()) for r in rows) > 60  # long enough to need wrapping
+    scatter(rows, tmp_path / "x.png")
+    names = seen["names"]
+    assert len(names) == 2 and all(len(line) <= 40 for n in names for line in n.splitlines())
+    assert {" ".join(n.split()) for n in names} == {
+        " ".join(n.split()) for n in (f"gls ({r.settings})" for r in rows)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ def scatter(rows: list[Row], path: Path) -> Path | None:
     """One dot per run (last-epoch test Acc@1 vs ECE) coloured by method, a cross per row mean."""
     from labelenh.plots import accuracy_ece_scatter
 
-    names = _short_names(rows)
+    names = [_wrapped(n) for n in _short_names(rows)]
     points = [(name, a, e) for row, name in zip(rows, names, strict=True) for r in row.runs
               if (a := r.metric("last", "acc1")) is not None and (e := r.metric("last", "ece")) is not None]
     means = [(name, row.stat("last", "acc1").mean, row.stat("last", "ece").mean)
@@ -27,6 +28,13 @@ def scatter(rows: list[Row], path: Path) -> Path | None:
     if not points:
         return None
     return accuracy_ece_scatter(points, path, means=means, title="last epoch, test split")
+
+
+def _wrapped(name: str, width: int = 40) -> str:
+    """A legend entry or panel title over `width` characters on several lines, so that a row
+    whose settings are long (a run started from another run's checkpoint) neither pushes the
+    legend off the figure nor runs into the next panel's title."""
+    return "\n".join(textwrap.wrap(name, width, break_on_hyphens=False)) or name
 
 
 def _short_names(rows: list[Row]) -> list[str]:
@@ -87,7 +95,7 @@ def curves(rows: list[Row], path: Path, notes: list[str]) -> Path | None:
         for (_, value), (_, series) in zip(CURVES, panels, strict=True):
             curve = _mean_curve(histories, value)
             if curve is not None:
-                series.append((row.label(), *curve))
+                series.append((_wrapped(row.label(), 60), *curve))
     if not any(series for _, series in panels):
         return None
     return training_curves(panels, path, log_y=("learning rate",))
@@ -145,7 +153,7 @@ def diagrams(rows: list[Row], path: Path, notes: list[str], *, device: str = "au
             notes.append(f"no reliability diagram for {row.label()}: {e}")
             continue
         seed = "" if run.seed is None else f", seed {run.seed}"
-        panels.append((f"{row.label()}{seed}", logits, labels))
+        panels.append((_wrapped(f"{row.label()}{seed}", 44), logits, labels))
         # the run's own ECE after TS (T fitted on its validation split), same bins only
         same_bins = (run.config.get("train") or {}).get("ece_bins", n_bins) == n_bins
         extra.append({"ece_ts": run.metric("last", "ece_ts") if same_bins else None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ class RunRecord:
     config: dict[str, Any]
     summary: dict[str, Any]
     key: str = field(repr=False, default="")  # the config without train.seed, canonical JSON
+    # the config as rows compare it: `init` names the run it started from, not its path
+    compared: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def metric(self, epoch: str, name: str) -> float | None:
         """Test metric `name` of the "last" or "best" epoch; None when the run has none."""
@@ -130,9 +134,37 @@ def group_key(config: dict[str, Any]) -> str:
     return json.dumps(c, sort_keys=True)
 
 
+_CHECKPOINTS = ("checkpoint.pt", "best.pt")
+
+
+def compared_config(config: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """`config` with an `--init` that names a run's checkpoint replaced by that run's seed-free
+    identity: its name with the seed as `*`, the file, and a digest of its config without the
+    seed. Students started from the seeds of one run (vanilla-s0/best.pt, vanilla-s1/best.pt,
+    ...) then form one row. A path that names no readable run stays as it is."""
+    init = config.get("init")
+    if not isinstance(init, str) or depth > 8:  # an init chain is short; the bound ends a loop
+        return config
+    path = Path(init)
+    run_dir = path.parent if path.name in _CHECKPOINTS else path
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        source = summary["config"]
+        seed = (source.get("train") or {}).get("seed")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return config
+    name = str(summary.get("name") or run_dir.name)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        name = re.sub(rf"(?<![0-9]){seed}$", "*", name)  # vanilla-s0 -> vanilla-s*
+    digest = hashlib.sha1(group_key(compared_config(source, depth + 1)).encode()).hexdigest()[:8]
+    file = f"/{path.name}" if path.name in _CHECKPOINTS else ""
+    return {**config, "init": f"{name}{file} ({digest})"}
+
+
 def record_of(run_dir: Path) -> RunRecord:
     summary = _read_summary(run_dir / "summary.json")
     config = summary["config"]
+    compared = compared_config(config)
     seed = (config.get("train") or {}).get("seed")
     return RunRecord(
         path=run_dir,
@@ -145,7 +177,8 @@ def record_of(run_dir: Path) -> RunRecord:
         seed=seed if isinstance(seed, int) else None,
         config=config,
         summary=summary,
-        key=group_key(config),
+        key=group_key(compared),
+        compared=compared,
     )
 
 

@@ -100,7 +100,7 @@ def _settings(rows: list[Row]) -> None:
     for r in rows:
         by_label.setdefault((r.method, r.model, r.teachers, r.dataset), []).append(r)
     for same in by_label.values():
-        flats = [_comparable(r.runs[0].config) for r in same]
+        flats = [_comparable(r.runs[0].compared) for r in same]
         keys = sorted(set().union(*flats))
         differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
         for r, f in zip(same, flats, strict=True):
