@@ -1,7 +1,7 @@
 """The converged budget's tables and claims, from its run folders (finished runs only) or, for
 runs whose folders are gone (run folders are git-ignored), from the half's `report/runs.csv`.
 
-    python scripts/converged_summary.py results/cifar10-mini-converged [--out FILE]
+    python scripts/converged_summary.py results/cifar10-mini-converged [--out FILE] [--plots]
 
 For each half (clean, noisy-sym0.4) that has runs:
 - a table per method: seeds, test Acc@1, NLL, ECE, ECE after temperature scaling (T fitted on
@@ -13,6 +13,10 @@ For each half (clean, noisy-sym0.4) that has runs:
   with one seed of either side nothing is decided;
 - next to the published CIFAR-100 ResNet-20 row (the original code's README), which of the
   paper's qualitative claims reproduce here.
+
+With --plots it also draws each half's test accuracy against ECE (a dot per run, a cross per
+method's mean) as HALF/acc-vs-ece.png, labelled with the methods' names in the tables. It needs
+no run folder, so it redraws a half whose folders are gone from its runs.csv.
 """
 
 from __future__ import annotations
@@ -204,14 +208,40 @@ def paper(rows: dict[str, Row]) -> list[str]:
     return out
 
 
+def plot(rows: dict[str, Row], path: Path, title: str) -> Path:
+    """Test Acc@1 against ECE: a dot per run, a cross per method's mean over seeds."""
+    from labelenh.plots import accuracy_ece_scatter
+
+    # acc1 and ece are recorded for every finished run, so their lists pair up run by run
+    points = [(m, a, e) for m, r in rows.items()
+              for a, e in zip(r.values.get("acc1", []), r.values.get("ece", []), strict=True)]
+    means = [(m, r.mean("acc1"), r.mean("ece")) for m, r in rows.items() if r.values.get("acc1")]
+    return accuracy_ece_scatter(points, path, means=means, title=title)
+
+
+def ordered(rows: dict[str, Row], order: list[str] | None) -> list[str]:
+    names = [m for m in (order or sorted(rows)) if m in rows] + [m for m in sorted(rows) if m not in (order or [])]
+    return list(dict.fromkeys(names))
+
+
+def draw(root: Path, order: list[str] | None = None) -> list[Path]:
+    """HALF/acc-vs-ece.png for each half that has runs."""
+    out = []
+    for half, title in HALVES.items():
+        rows = collect(root / half)
+        if rows:
+            rows = {m: rows[m] for m in ordered(rows, order)}
+            out.append(plot(rows, root / half / "acc-vs-ece.png", f"{title}: last epoch, test split"))
+    return out
+
+
 def summarize(root: Path, order: list[str] | None = None) -> str:
     parts = []
     for half, title in HALVES.items():
         rows = collect(root / half)
         if not rows:
             continue
-        names = [m for m in (order or sorted(rows)) if m in rows] + [m for m in sorted(rows) if m not in (order or [])]
-        names = list(dict.fromkeys(names))
+        names = ordered(rows, order)
         students = [m for m in names if m != "teacher"]
         parts += [f"### {title}", "", *table(rows, names), "", regime(rows), "", *statements(rows, students), ""]
         if half == "clean":
@@ -224,13 +254,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="the driver's --out (holding clean/ and noisy-sym0.4/)")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    ap.add_argument("--plots", action="store_true", help="also draw HALF/acc-vs-ece.png per half")
     a = ap.parse_args()
     from reproduce_cifar10_mini import CLEAN_METHODS
 
-    text = summarize(a.root, ["teacher", *CLEAN_METHODS])
+    order = ["teacher", *CLEAN_METHODS]
+    text = summarize(a.root, order)
     print(text)
     if a.out is not None:
         a.out.write_text(text + "\n")
+    if a.plots:
+        for path in draw(a.root, order):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -254,3 +254,38 @@ def test_converged_summary_reads_the_report_where_run_folders_are_gone(tmp_path)
         w.writerows(lines)
     (half / "runs" / "vanilla-s1" / "summary.json").unlink()
     assert "is unknown" in cs.regime(cs.collect(half))
+
+
+def test_converged_summary_draws_each_half_by_method_name(tmp_path, monkeypatch):
+    """--plots: a dot per finished run and a cross at each method's mean, named as in the tables."""
+    import converged_summary as cs
+
+    import labelenh.plots
+
+    for half in ("clean", "noisy-sym0.4"):
+        for s, (a, e) in enumerate([(0.50, 0.20), (0.52, 0.22)]):
+            _fake_run(tmp_path / half / "runs" / f"vanilla-s{s}", a, e, 0.03)
+            _fake_run(tmp_path / half / "runs" / f"gls-warm-s{s}", a + 0.1, e / 2, 0.03)
+    drawn = {}
+
+    def fake(points, path, *, means, title):
+        drawn[Path(path).parent.name] = (points, means, title)
+        return Path(path)
+
+    monkeypatch.setattr(labelenh.plots, "accuracy_ece_scatter", fake)
+    paths = cs.draw(tmp_path, ["vanilla", "gls-warm"])
+    assert paths == [tmp_path / h / "acc-vs-ece.png" for h in ("clean", "noisy-sym0.4")]
+    points, means, title = drawn["noisy-sym0.4"]
+    assert sorted(points) == sorted([("vanilla", 0.50, 0.20), ("vanilla", 0.52, 0.22),
+                                     ("gls-warm", 0.60, 0.10), ("gls-warm", 0.62, 0.11)])
+    assert [m[0] for m in means] == ["vanilla", "gls-warm"]
+    assert means[1][1:] == pytest.approx((0.61, 0.105)) and "noise" in title
+
+
+def test_converged_summary_plot_is_a_png(tmp_path):
+    import converged_summary as cs
+
+    for s in range(2):
+        _fake_run(tmp_path / "clean" / "runs" / f"vanilla-s{s}", 0.5 + s / 100, 0.2, 0.03)
+    (path,) = cs.draw(tmp_path)
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
