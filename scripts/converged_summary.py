@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,6 +260,10 @@ def main() -> None:
     from reproduce_cifar10_mini import CLEAN_METHODS
 
     order = ["teacher", *CLEAN_METHODS]
+    if not any(collect(a.root / half) for half in HALVES):
+        halves = " or ".join(f"{h}/" for h in HALVES)
+        print(f"error: {a.root} holds no finished runs under {halves}: pass the driver's --out", file=sys.stderr)
+        sys.exit(2)
     text = summarize(a.root, order)
     print(text)
     if a.out is not None:

@@ -289,3 +289,14 @@ def test_converged_summary_plot_is_a_png(tmp_path):
         _fake_run(tmp_path / "clean" / "runs" / f"vanilla-s{s}", 0.5 + s / 100, 0.2, 0.03)
     (path,) = cs.draw(tmp_path)
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_converged_summary_without_runs_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+
+    (tmp_path / "clean" / "runs").mkdir(parents=True)  # a half with no finished run
+    out = subprocess.run([sys.executable, str(SCRIPTS / "converged_summary.py"), str(tmp_path), "--plots"],
+                         capture_output=True, text=True, cwd=SCRIPTS, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "holds no finished runs" in out.stderr
+    assert not (tmp_path / "clean" / "acc-vs-ece.png").exists()
