@@ -225,21 +225,30 @@ def ordered(rows: dict[str, Row], order: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def draw(root: Path, order: list[str] | None = None) -> list[Path]:
+def collect_halves(root: Path) -> dict[str, dict[str, Row]]:
+    """{half: its rows} for each half under root, read once for the tables and the plots."""
+    return {half: collect(root / half) for half in HALVES}
+
+
+def draw(root: Path, order: list[str] | None = None,
+         found: dict[str, dict[str, Row]] | None = None) -> list[Path]:
     """HALF/acc-vs-ece.png for each half that has runs."""
+    found = collect_halves(root) if found is None else found
     out = []
     for half, title in HALVES.items():
-        rows = collect(root / half)
+        rows = found[half]
         if rows:
             rows = {m: rows[m] for m in ordered(rows, order)}
             out.append(plot(rows, root / half / "acc-vs-ece.png", f"{title}: last epoch, test split"))
     return out
 
 
-def summarize(root: Path, order: list[str] | None = None) -> str:
+def summarize(root: Path, order: list[str] | None = None,
+              found: dict[str, dict[str, Row]] | None = None) -> str:
+    found = collect_halves(root) if found is None else found
     parts = []
     for half, title in HALVES.items():
-        rows = collect(root / half)
+        rows = found[half]
         if not rows:
             continue
         names = ordered(rows, order)
@@ -260,16 +269,17 @@ def main() -> None:
     from reproduce_cifar10_mini import CLEAN_METHODS
 
     order = ["teacher", *CLEAN_METHODS]
-    if not any(collect(a.root / half) for half in HALVES):
+    found = collect_halves(a.root)
+    if not any(found.values()):
         halves = " or ".join(f"{h}/" for h in HALVES)
         print(f"error: {a.root} holds no finished runs under {halves}: pass the driver's --out", file=sys.stderr)
         sys.exit(2)
-    text = summarize(a.root, order)
+    text = summarize(a.root, order, found)
     print(text)
     if a.out is not None:
         a.out.write_text(text + "\n")
     if a.plots:
-        for path in draw(a.root, order):
+        for path in draw(a.root, order, found):
             print(f"wrote {path}")
 
 
